@@ -1,0 +1,88 @@
+"""ptm's errors: one family that the command line turns into a message and exit code 1.
+
+Anything else escaping a command is a bug (exit 3). Third-party exceptions (git, docker,
+paramiko) are translated into these at the module that owns the library, with ``raise … from``.
+
+    PtmError                 a user-facing problem, with one clear message
+    ├── InvalidDocument      a YAML/JSON document broke a rule (carries every Problem found)
+    ├── ConfigError          a site or service config is unusable (bad regex, missing key file…)
+    ├── RegistryError        git said no: unreachable remote, rejected push, bad repository
+    │   └── TamperingDetected  the tasks branch was rewritten or an acted-on task changed
+    ├── CommandFailed        a subprocess exited non-zero (command, code, output indented)
+    ├── RuntimeUnavailable   no container engine could be reached
+    ├── ContainerError       the engine refused to pull, create or run a container
+    ├── OutputRejected       a container's output broke a safety rule (symlink, size, name…)
+    └── DeliveryError        an SFTP transfer or the SFTP service failed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PtmError(Exception):
+    """A problem the user can act on; its message is shown as is."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule in one document: which file, which field (JSON path) and which rule."""
+
+    source: str
+    path: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.path}: {self.message} [{self.rule}]"
+
+
+class InvalidDocument(PtmError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ConfigError(PtmError):
+    pass
+
+
+class RegistryError(PtmError):
+    pass
+
+
+class TamperingDetected(RegistryError):
+    pass
+
+
+class CommandFailed(PtmError):
+    def __init__(self, cmd: list[str], returncode: int, stdout: str, stderr: str) -> None:
+        self.cmd = tuple(cmd)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        lines = [f"command failed (exit {self.returncode}): {' '.join(self.cmd)}"]
+        for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if text.strip():
+                lines.append(f"  {name}:")
+                lines.extend(f"    {line}" for line in text.rstrip().splitlines())
+        return "\n".join(lines)
+
+
+class RuntimeUnavailable(PtmError):
+    pass
+
+
+class ContainerError(PtmError):
+    pass
+
+
+class OutputRejected(PtmError):
+    pass
+
+
+class DeliveryError(PtmError):
+    pass

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+TEMPLATE_FILES = sorted(
+    str(p.relative_to("registry-template"))
+    for p in Path("registry-template").rglob("*")
+    if p.is_file() and "__pycache__" not in p.parts
+)
+
+setup(
+    name="ptm",
+    version="0.1.0",
+    description="Personal Health Train on git: tasks in a git registry, site agents that run them in Docker",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # schemas/ and registry-template/ live at the top of the repository (other tools and the
+    # registry's CI read them there) and ship inside the package as ptm.schemas and
+    # ptm.registry_template, so that a normal, non-editable install finds them too.
+    packages=[*find_packages(include=["ptm", "ptm.*"]), "ptm.schemas", "ptm.registry_template"],
+    package_dir={"ptm.schemas": "schemas", "ptm.registry_template": "registry-template"},
+    package_data={
+        "ptm": ["py.typed"],
+        "ptm.schemas": ["*.json"],
+        "ptm.registry_template": TEMPLATE_FILES,
+    },
+    install_requires=[
+        "gitpython>=3.1.30",
+        "watchdog>=3.0",
+        "docker>=7.0",
+        "jsonschema>=4.18",
+        "pyyaml>=6.0",
+        "paramiko>=3.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout>=2.1",
+            "mypy>=1.8",
+            "ruff>=0.5",
+            "types-pyyaml",
+            "types-paramiko",
+            "types-docker",
+        ],
+    },
+    entry_points={"console_scripts": ["ptm=ptm.main:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+    ],
+)
