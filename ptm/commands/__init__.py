@@ -1,0 +1,9 @@
+"""One module per subcommand; each registers its parser and returns an exit code."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ptm.commands import registry_cmd, task_cmd, validate_cmd
+
+COMMAND_MODULES: tuple[ModuleType, ...] = (registry_cmd, task_cmd, validate_cmd)

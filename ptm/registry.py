@@ -1,0 +1,161 @@
+"""A task registry: a git repository with ``registry.yaml`` and ``tasks/`` on its tasks branch."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+from ptm.errors import PtmError, RegistryError
+from ptm.gitrepo import GitRepo, signing_config
+from ptm.schema import load_document
+
+REGISTRY_FILE = "registry.yaml"
+TASKS_DIR = "tasks"
+DEFAULT_BRANCH = "main"
+PUSH_ATTEMPTS = 6
+
+
+def template_dir() -> Path:
+    """The registry skeleton shipped with ptm (``registry-template/`` in the source tree)."""
+    return Path(str(resources.files("ptm.registry_template")))
+
+
+def ssh_environment(ssh_key: Path | None) -> dict[str, str]:
+    if ssh_key is None:
+        return {}
+    command = f"ssh -i '{ssh_key}' -o IdentitiesOnly=yes -o BatchMode=yes"
+    return {"GIT_SSH_COMMAND": command}
+
+
+def init_registry(path: Path, *, bare: bool, branch: str = DEFAULT_BRANCH) -> None:
+    """Create a registry at ``path`` from the template; a bare one gets the template committed."""
+    if path.exists() and any(path.iterdir()):
+        raise PtmError(f"{path}: exists and is not empty; a registry needs a new folder")
+    path.mkdir(parents=True, exist_ok=True)
+    if not bare:
+        _init_worktree(path, branch)
+        return
+    GitRepo(path).run("init", "--quiet", "--bare", f"--initial-branch={branch}", str(path))
+    with tempfile.TemporaryDirectory(prefix="ptm-init-") as tmp:
+        work = Path(tmp) / "work"
+        work.mkdir()
+        repo = _init_worktree(work, branch)
+        repo.run("push", "--quiet", str(path), f"HEAD:refs/heads/{branch}")
+
+
+def _init_worktree(path: Path, branch: str) -> GitRepo:
+    repo = GitRepo(path)
+    repo.run("init", "--quiet", f"--initial-branch={branch}", str(path))
+    shutil.copytree(template_dir(), path, dirs_exist_ok=True, ignore=_skip_python_files)
+    repo.run("add", "--all")
+    repo.run("commit", "--quiet", "--no-gpg-sign", "-m", "Create registry from the ptm template")
+    return repo
+
+
+def _skip_python_files(folder: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in {"__pycache__", "__init__.py"} or n.endswith(".pyc")}
+
+
+def find_registry_root(start: Path) -> Path:
+    """The working tree above ``start`` (inclusive) that holds ``registry.yaml``."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / REGISTRY_FILE).is_file() and (folder / ".git").exists():
+            return folder
+    raise PtmError(
+        f"{start}: not inside a registry clone (no {REGISTRY_FILE} in a git working tree "
+        "here or above); clone the registry first, or pass --registry DIR"
+    )
+
+
+def clone(url: str, dest: Path, *, branch: str, ssh_key: Path | None = None) -> GitRepo:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    repo = GitRepo(dest.parent, env=ssh_environment(ssh_key))
+    repo.run("clone", "--quiet", "--branch", branch, "--", url, str(dest))
+    return GitRepo(dest, env=ssh_environment(ssh_key))
+
+
+def signing_options(repo: GitRepo, sign_key: Path | None) -> tuple[dict[str, str], bool]:
+    """(git -c options, sign?) from an explicit key, or from the user's own git config."""
+    if sign_key is not None:
+        if not sign_key.is_file():
+            raise PtmError(f"{sign_key}: signing key not found")
+        return signing_config(sign_key), True
+    configured = repo.config_value("user.signingkey")
+    ssh_format = (repo.config_value("gpg.format") or "").lower() == "ssh"
+    return {}, bool(configured and ssh_format)
+
+
+def commit(
+    repo: GitRepo,
+    paths: list[str],
+    message: str,
+    *,
+    sign_key: Path | None,
+    allow_empty: bool = False,
+) -> str:
+    """Commit exactly ``paths`` (signed when a key is known); return the new commit's sha."""
+    config, sign = signing_options(repo, sign_key)
+    repo.run("add", "--all", "--", *paths)
+    args = ["commit", "--quiet", "-m", message, "--gpg-sign" if sign else "--no-gpg-sign"]
+    if allow_empty:
+        args.append("--allow-empty")
+    repo.run(*args, "--", *paths, config=config)
+    return repo.run("rev-parse", "HEAD")
+
+
+def push_with_rebase(
+    repo: GitRepo,
+    branch: str,
+    *,
+    sign_key: Path | None,
+    remote: str = "origin",
+    attempts: int = PUSH_ATTEMPTS,
+    on_retry: Callable[[int, str], None] | None = None,
+) -> None:
+    """Push HEAD to ``remote/branch``; when someone pushed first, rebase onto theirs and retry."""
+    config, sign = signing_options(repo, sign_key)
+    for attempt in range(1, attempts + 1):
+        try:
+            repo.run("push", "--quiet", "--porcelain", remote, f"HEAD:refs/heads/{branch}")
+            return
+        except RegistryError as exc:
+            if attempt == attempts or not _is_rejected_push(str(exc)):
+                raise
+            if on_retry is not None:
+                on_retry(attempt, "the registry moved on; rebasing onto it and trying again")
+        time.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
+        repo.run("fetch", "--quiet", remote, branch)
+        with _abort_rebase_on_failure(repo):
+            signing = ["--gpg-sign"] if sign else []
+            repo.run("rebase", "--quiet", *signing, f"{remote}/{branch}", config=config)
+
+
+def _is_rejected_push(message: str) -> bool:
+    markers = ("[rejected]", "non-fast-forward", "fetch first", "failed to update ref", "stale")
+    return any(m in message for m in markers) or "cannot lock ref" in message
+
+
+@contextmanager
+def _abort_rebase_on_failure(repo: GitRepo) -> Iterator[None]:
+    try:
+        yield
+    except RegistryError as exc:
+        repo.succeeds("rebase", "--abort")
+        raise RegistryError(
+            "your commit conflicts with what others pushed to the registry meanwhile "
+            f"(was the same task id submitted twice?); nothing was pushed.\n{exc}"
+        ) from exc
+
+
+def tasks_branch(root: Path) -> str:
+    """The branch that holds the tasks, from registry.yaml (``tasks_branch``) or the default."""
+    document = load_document(root / REGISTRY_FILE, "registry", source=REGISTRY_FILE)
+    branch = document.get("tasks_branch", DEFAULT_BRANCH)
+    return str(branch)
