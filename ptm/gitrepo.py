@@ -108,6 +108,11 @@ class GitRepo:
             raise RegistryError(f"git could not run in {self.path}: {exc}") from exc
         return output if output is not None else ""
 
+    def remove_stale_locks(self) -> None:
+        """Drop ``index.lock`` left by a git killed mid-command; only for clones we own and
+        hold the work directory lock for, so no other git process can be using them."""
+        (self.path / ".git" / "index.lock").unlink(missing_ok=True)
+
     def succeeds(self, *args: str) -> bool:
         try:
             self.run(*args)
@@ -136,7 +141,7 @@ class GitRepo:
         return parse_name_status(out)
 
     def commits_touching(self, rev_range: str, path: str) -> list[str]:
-        out = self.run("rev-list", "--full-history", rev_range, "--", path)
+        out = self.run("rev-list", "--full-history", "--no-merges", rev_range, "--", path)
         return out.split()
 
     def list_tree(self, rev: str, path: str) -> list[str]:

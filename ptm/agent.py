@@ -1,0 +1,318 @@
+"""The site agent: sync → plan → policy → run → publish, once per cycle.
+
+A cycle's cost grows with what changed on the tasks branch since the last processed commit, never
+with the registry's size: an idle cycle is one ``ls-remote`` and, when results are waiting, one
+push. State lives on the results branch (committed before anything is pushed) plus the last
+processed commit in the work directory, so an agent killed at any moment resumes where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ptm import __version__
+from ptm.errors import InvalidDocument, PtmError, RegistryError, TamperingDetected
+from ptm.execution import TaskExecution, prepare_run
+from ptm.ledger import Ledger, is_final
+from ptm.policy import Decision, Evidence, decide
+from ptm.runtimes.base import ContainerRef, Runtime
+from ptm.siteconfig import SiteConfig
+from ptm.status import StatusRecord, utc_now_text
+from ptm.sync import TaskChange, TasksMirror
+from ptm.task import Task, load_task
+from ptm.watch import RefsWatcher, local_registry_path
+from ptm.workdir import AgentState, WorkDir
+
+log = logging.getLogger("ptm.agent")
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    head: str | None
+    new_tasks: int
+    started: int
+    pushed: bool
+    idle: bool
+
+
+class Agent:
+    """One site's agent. Hand it a validated config and a Runtime (Docker in production)."""
+
+    def __init__(self, config: SiteConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.workdir = WorkDir(config.workdir)
+        registry = config.registry
+        self.mirror = TasksMirror(self.workdir.tasks_clone, url=registry.url,
+                                  branch=registry.branch, ssh_key=registry.ssh_key)
+        self.ledger = Ledger(self.workdir.results_clone, url=registry.url, site=config.site,
+                             ssh_key=registry.ssh_key, sign_key=config.signing_key)
+        self.execution = TaskExecution(site=config, runtime=runtime, ledger=self.ledger,
+                                       workdir=self.workdir, progress=self._pull_progress)
+        # Daemon threads: on shutdown the agent hands running containers back (they keep their
+        # labels and are re-attached at the next start) instead of waiting hours for them.
+        self._running: dict[str, threading.Thread] = {}
+        self._queue: list[tuple[Task, StatusRecord, ContainerRef | None]] = []
+        self._cancel: set[str] = set()
+        self._lock = threading.Lock()
+        self.wakeup = threading.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Clone what is missing and resume work an earlier agent left unfinished."""
+        self.mirror.ensure_clone()
+        self.ledger.ensure()
+        self._resume_open_tasks()
+
+    def hand_back(self) -> int:
+        """Stop: push what is committed, leave running containers for the next start."""
+        with self._lock:
+            self._queue.clear()
+            running = len(self._running)
+        self.publish()
+        return running
+
+    def once(self) -> CycleReport:
+        """One cycle, then wait for every task it started and push the results."""
+        report = self.cycle()
+        self.drain()
+        pushed = self.publish()
+        return replace(report, pushed=report.pushed or pushed)
+
+    def drain(self) -> None:
+        while True:
+            with self._lock:
+                self._start_queued()
+                threads = list(self._running.values())
+            if not threads:
+                return
+            for thread in threads:
+                thread.join()
+            self._reap()
+
+    # ---- one cycle -----------------------------------------------------------------------
+
+    def cycle(self) -> CycleReport:
+        self._reap()
+        state = self.workdir.load_state()
+        if state.halted:
+            log.error("halted: %s", state.halted, extra={"decision": "halted"})
+            return CycleReport(None, 0, 0, self.publish(), idle=True)
+        head = self.mirror.remote_head()
+        if head is None:
+            raise RegistryError(f"{self.config.registry.url}: the tasks branch "
+                                f"{self.config.registry.branch!r} does not exist")
+        if head == state.processed:
+            with self._lock:
+                started = self._start_queued()
+            return CycleReport(head, 0, started, self.publish(), idle=started == 0)
+        head = self.mirror.fetch()
+        try:
+            self.mirror.check_not_rewritten(state.processed, head)
+        except TamperingDetected as exc:
+            self.workdir.save_state(state.with_halt(str(exc)))
+            log.error("%s", exc, extra={"decision": "halted"})
+            return CycleReport(head, 0, 0, self.publish(), idle=True)
+        self.mirror.checkout(head)
+        changes = self.mirror.changes(state.processed, head)
+        new = sum(1 for c in changes if c.is_new)
+        for change in changes:
+            self._handle(change, head, state)
+        self.workdir.save_state(state.with_processed(head))
+        with self._lock:
+            started = self._start_queued()
+        return CycleReport(head, new, started, self.publish(), idle=False)
+
+    def publish(self) -> bool:
+        try:
+            return self.ledger.push()
+        except RegistryError as exc:
+            log.warning("results not pushed yet (kept locally, retried next cycle): %s", exc,
+                        extra={"decision": "push-deferred"})
+            return False
+
+    # ---- planning ------------------------------------------------------------------------
+
+    def _handle(self, change: TaskChange, head: str, state: AgentState) -> None:
+        existing = self.ledger.status_of(change.task_id)
+        if existing is not None:
+            self._handle_known(change, existing)
+            return
+        if change.task_file in {None, "D"} and not (self.mirror.task_dir(change.task_id)
+                                                    / "task.yaml").is_file():
+            return
+        self._receive(change.task_id, head, cancel_now=change.cancel_added)
+
+    def _handle_known(self, change: TaskChange, existing: StatusRecord) -> None:
+        if change.alters_task:
+            log.error("task %s was changed after this site acted on it (%s); the change is "
+                      "ignored", change.task_id, existing.state,
+                      extra={"task": change.task_id, "decision": "tampering"})
+        if change.cancel_added and not is_final(existing.state):
+            self._request_cancel(change.task_id, existing)
+
+    def _receive(self, task_id: str, head: str, *, cancel_now: bool) -> None:
+        task_dir = self.mirror.task_dir(task_id)
+        record = StatusRecord(task=task_id, site=self.config.site, state="received",
+                              task_commit=self.mirror.task_commit(task_id, head),
+                              received_at=utc_now_text(), agent=f"ptm {__version__}")
+        try:
+            task = load_task(task_dir, task_id=task_id)
+        except InvalidDocument as exc:
+            if self._names_this_site(task_dir):
+                self._reject(record, f"invalid task: {exc}")
+            else:
+                log.info("task %s is invalid and does not name this site; ignored", task_id,
+                         extra={"task": task_id, "decision": "ignored"})
+            return
+        decision = self._decide(task, head)
+        if not decision.for_this_site:
+            log.debug("task %s is not for this site", task_id, extra={"task": task_id})
+            return
+        record = replace(record, image=task.image, submitted_by=decision.submitted_by)
+        if not decision.accepted:
+            self._reject(record, decision.summary())
+        elif cancel_now:
+            self._finish_now(record, "cancelled", "cancelled before it started")
+        else:
+            self._accept(task, record)
+
+    def _decide(self, task: Task, head: str) -> Decision:
+        signatures = ()
+        signers = self.config.policy.allowed_signers
+        if self.config.policy.require_signed_tasks and signers is not None:
+            commits = self.mirror.task_commits(task.id, head)
+            signatures = tuple(self.mirror.signatures(commits, signers))
+        return decide(task, self.config, Evidence(signatures=signatures))
+
+    def _names_this_site(self, task_dir: Path) -> bool:
+        text = (task_dir / "task.yaml").read_text(encoding="utf-8", errors="replace")
+        return self.config.site in text or '"*"' in text or "'*'" in text
+
+    def _reject(self, record: StatusRecord, reason: str) -> None:
+        self._finish_now(record, "rejected", reason)
+
+    def _finish_now(self, record: StatusRecord, state: str, reason: str) -> None:
+        final = replace(record, state=state, reason=reason, finished_at=utc_now_text())
+        self.ledger.record(final)
+        log.info("task %s %s: %s", record.task, state, reason,
+                 extra={"task": record.task, "decision": state, "reason": reason})
+
+    def _accept(self, task: Task, record: StatusRecord) -> None:
+        accepted = replace(record, state="accepted")
+        prepare_run(self.workdir, task, self.mirror.task_dir(task.id))
+        self.ledger.record(accepted)
+        log.info("task %s accepted (image %s)", task.id, task.image,
+                 extra={"task": task.id, "decision": "accepted"})
+        with self._lock:
+            self._queue.append((task, accepted, None))
+
+    def _request_cancel(self, task_id: str, existing: StatusRecord) -> None:
+        with self._lock:
+            queued = [q for q in self._queue if q[0].id == task_id]
+            self._queue = [q for q in self._queue if q[0].id != task_id]
+            self._cancel.add(task_id)
+        if queued or task_id not in self._running:
+            self._finish_now(existing, "cancelled", "cancelled before it started")
+        else:
+            log.info("task %s: cancel requested, stopping its container", task_id,
+                     extra={"task": task_id, "decision": "cancelling"})
+
+    # ---- running -------------------------------------------------------------------------
+
+    def _start_queued(self) -> int:
+        started = 0
+        while self._queue and len(self._running) < self.config.limits.max_parallel:
+            task, record, attach = self._queue.pop(0)
+            thread = threading.Thread(target=self._run, args=(task, record, attach),
+                                      name=f"ptm-run-{task.id}", daemon=True)
+            self._running[task.id] = thread
+            thread.start()
+            started += 1
+        return started
+
+    def _run(self, task: Task, record: StatusRecord, attach: ContainerRef | None) -> None:
+        try:
+            final = self.execution.run(task, record, attach_to=attach,
+                                       cancelled=lambda: task.id in self._cancel)
+        except PtmError as exc:
+            final = replace(record, state="crashed", reason=str(exc), finished_at=utc_now_text())
+            self.ledger.record(final)
+        log.info("task %s %s%s", task.id, final.state,
+                 f": {final.reason}" if final.reason else "",
+                 extra={"task": task.id, "decision": final.state, "reason": final.reason})
+        self.wakeup.set()
+
+    def _reap(self) -> None:
+        with self._lock:
+            for task_id, thread in list(self._running.items()):
+                if not thread.is_alive():
+                    del self._running[task_id]
+                    self._cancel.discard(task_id)
+
+    def _resume_open_tasks(self) -> None:
+        containers = {ref.task_id: ref for ref in self.runtime.find_containers(self.config.site)}
+        for record in self.ledger.open_tasks():
+            task_dir = self.mirror.task_dir(record.task)
+            container = containers.get(record.task)
+            if record.state in {"awaiting_approval", "reviewing"}:
+                continue
+            try:
+                task = load_task(task_dir, task_id=record.task)
+            except PtmError as exc:
+                self._finish_now(record, "crashed", f"cannot resume: {exc}")
+                continue
+            if container is None and record.state == "running":
+                self._finish_now(record, "crashed", "the container is gone (the agent or the "
+                                 "host stopped while it ran); not run again")
+                continue
+            if container is None:
+                prepare_run(self.workdir, task, task_dir)
+            log.info("task %s: resuming (%s%s)", record.task, record.state,
+                     ", re-attaching to its container" if container else "",
+                     extra={"task": record.task, "decision": "resumed"})
+            self._queue.append((task, record, container))
+
+    def _pull_progress(self, line: str) -> None:
+        log.info("%s", line, extra={"decision": "pulling"})
+
+
+def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
+    """The watch loop: a cycle whenever the registry may have moved, until ``stop`` is set."""
+    local = local_registry_path(agent.config.registry.url)
+    watcher = RefsWatcher(local, agent.wakeup) if local is not None and local.exists() else None
+    agent.start()
+    with watcher or _NoWatcher():
+        while not stop.is_set():
+            agent.wakeup.clear()
+            try:
+                agent.cycle()
+            except TamperingDetected as exc:
+                log.error("%s", exc, extra={"decision": "halted"})
+            except PtmError as exc:
+                log.warning("cycle failed, retrying at the next poll: %s", exc,
+                            extra={"decision": "cycle-failed"})
+            _sleep_until(agent.wakeup, stop, agent.config.poll_interval)
+    running = agent.hand_back()
+    if running:
+        log.info("stopped; %d running container(s) handed back: the next start re-attaches",
+                 running, extra={"decision": "stopped"})
+
+
+class _NoWatcher:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _sleep_until(wakeup: threading.Event, stop: threading.Event, seconds: float) -> None:
+    waited = 0.0
+    while waited < seconds and not stop.is_set() and not wakeup.is_set():
+        wakeup.wait(0.2)
+        waited += 0.2

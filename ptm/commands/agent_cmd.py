@@ -1,0 +1,130 @@
+"""ptm agent run | once | check | status"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from ptm import logs
+from ptm.agent import Agent, run_until_stopped
+from ptm.console import format_table, print_json, say
+from ptm.errors import ConfigError
+from ptm.ledger import Ledger
+from ptm.runtimes.docker import DockerRuntime
+from ptm.siteconfig import SiteConfig, load_site_config
+from ptm.sync import TasksMirror
+from ptm.workdir import WorkDir
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    parser = commands.add_parser("agent", help="the site agent (site admins)")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    helps = {
+        "run": ("watch the registry and run tasks until stopped (SIGINT/SIGTERM)", run_loop),
+        "once": ("one cycle: sync, decide, run what is new, push; for cron and tests", run_once),
+        "check": ("check the config, the registry and the Docker engine", run_check),
+        "status": ("what this site has done and is doing", run_status),
+    }
+    for name, (text, handler) in helps.items():
+        action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        action.add_argument("--config", type=Path, required=True, metavar="FILE",
+                            help="the site config (YAML)")
+        if name in {"run", "once"}:
+            action.add_argument("--log-format", choices=("text", "json"), default="text",
+                                help="text for people (default), json for one JSON object a line")
+            action.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+        if name in {"status", "check", "once"}:
+            action.add_argument("--json", action="store_true", help="print JSON")
+        action.set_defaults(handler=handler)
+
+
+def _agent(config: SiteConfig) -> Agent:
+    return Agent(config, DockerRuntime(config.runtime.docker_host))
+
+
+def run_loop(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    logs.configure(log_format=args.log_format, verbose=args.verbose)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    agent = _agent(config)
+    with agent.workdir.locked():
+        run_until_stopped(agent, stop)
+    return 0
+
+
+def run_once(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    logs.configure(log_format=args.log_format, verbose=args.verbose)
+    agent = _agent(config)
+    with agent.workdir.locked():
+        agent.start()
+        report = agent.once()
+    if args.json:
+        print_json(report.__dict__)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    found: dict[str, str] = {"config": f"{args.config}: valid, site {config.site!r}"}
+    mirror = TasksMirror(WorkDir(config.workdir).tasks_clone, url=config.registry.url,
+                         branch=config.registry.branch, ssh_key=config.registry.ssh_key)
+    head = mirror.remote_head()
+    if head is None:
+        raise ConfigError(f"{config.registry.url}: reachable, but has no branch "
+                          f"{config.registry.branch!r} (registry.branch)")
+    found["registry"] = f"{config.registry.url} branch {config.registry.branch} at {head[:12]}"
+    found["docker"] = DockerRuntime(config.runtime.docker_host).ping()
+    signers = config.policy.allowed_signers
+    if signers is not None:
+        found["allowed_signers"] = f"{signers}: {_count_keys(signers)} key(s)"
+    found["workdir"] = str(config.workdir)
+    if args.json:
+        print_json(found)
+    else:
+        for key, value in found.items():
+            say(f"{key + ':':17} {value}")
+        say("All checks passed.")
+    return 0
+
+
+def _count_keys(path: Path) -> int:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def run_status(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    workdir = WorkDir(config.workdir)
+    state = workdir.load_state()
+    ledger = Ledger(workdir.results_clone, url=config.registry.url, site=config.site,
+                    ssh_key=config.registry.ssh_key, sign_key=config.signing_key)
+    records = ledger.all_records() if workdir.results_clone.is_dir() else []
+    unpushed = workdir.results_clone.is_dir() and ledger.unpushed()
+    if args.json:
+        print_json({
+            "site": config.site, "processed": state.processed, "halted": state.halted,
+            "unpushed_results": unpushed,
+            "tasks": [r.to_document() for r in records],
+        })
+        return 0
+    say(f"site {config.site}; last processed tasks commit {(state.processed or 'none')[:12]}")
+    if state.halted:
+        say(f"HALTED: {state.halted}")
+    if unpushed:
+        say("results committed locally but not pushed yet (the next cycle retries)")
+    rows = [(r.task, r.state, r.finished_at or r.received_at, _short(r.reason)) for r in records]
+    say(format_table(("TASK", "STATE", "WHEN", "REASON"), rows) if rows else "no tasks yet")
+    return 0
+
+
+def _short(text: str | None, width: int = 70) -> str | None:
+    if text is None:
+        return None
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= width else line[: width - 1] + "…"

@@ -1,0 +1,206 @@
+"""Running one accepted task in a container and turning what happened into a result."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ptm.errors import ContainerError, OutputRejected, PtmError
+from ptm.ledger import Ledger
+from ptm.outputs import OutputReport, collect_outputs
+from ptm.runtimes.base import ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
+from ptm.runtimes.base import Mount as RuntimeMount
+from ptm.schema import dump_yaml
+from ptm.siteconfig import SiteConfig
+from ptm.status import StatusRecord, utc_now_text
+from ptm.task import Task
+from ptm.validation import FILES_DIR
+from ptm.workdir import WorkDir
+
+CONFIG_NAME = "config.yaml"
+LOG_CAP_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RunFolders:
+    """Host folders of one run: the config file, the task's input files and the output."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def input_dir(self) -> Path:
+        return self.root / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def collected_dir(self) -> Path:
+        return self.root / "collected"
+
+
+def prepare_run(workdir: WorkDir, task: Task, task_dir: Path) -> RunFolders:
+    """Copy what the container will see out of the registry clone (done before it moves on)."""
+    folders = RunFolders(workdir.run_dir(task.id))
+    shutil.rmtree(folders.root, ignore_errors=True)
+    folders.root.mkdir(parents=True)
+    folders.config_file.write_text(dump_yaml(dict(task.config)), encoding="utf-8")
+    source_files = task_dir / FILES_DIR
+    if source_files.is_dir() and not source_files.is_symlink():
+        shutil.copytree(source_files, folders.input_dir, symlinks=True)
+    else:
+        folders.input_dir.mkdir()
+    folders.output_dir.mkdir()
+    return folders
+
+
+def container_spec(task: Task, site: SiteConfig, folders: RunFolders) -> ContainerSpec:
+    limits = site.limits
+    return ContainerSpec(
+        task_id=task.id,
+        site=site.site,
+        image=task.image,
+        command=task.command,
+        environment=dict(site.environment),
+        config_file=folders.config_file,
+        input_dir=folders.input_dir,
+        output_dir=folders.output_dir,
+        data_mounts=tuple(RuntimeMount(m.source, m.target) for m in site.mounts),
+        memory_bytes=min(task.memory_bytes or limits.memory_bytes, limits.memory_bytes),
+        cpus=min(task.cpus or limits.cpus, limits.cpus),
+        pids=limits.pids,
+        network=site.runtime.network,
+        user=site.runtime.user,
+        log_bytes=LOG_CAP_BYTES,
+    )
+
+
+class TaskExecution:
+    """Pull, run, wait and collect for one task, recording each state on the ledger."""
+
+    def __init__(
+        self,
+        *,
+        site: SiteConfig,
+        runtime: Runtime,
+        ledger: Ledger,
+        workdir: WorkDir,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.site = site
+        self.runtime = runtime
+        self.ledger = ledger
+        self.workdir = workdir
+        self.progress = progress
+
+    def run(
+        self,
+        task: Task,
+        record: StatusRecord,
+        *,
+        cancelled: Callable[[], bool],
+        attach_to: ContainerRef | None = None,
+    ) -> StatusRecord:
+        folders = RunFolders(self.workdir.run_dir(task.id))
+        if attach_to is None:
+            record = self._record(replace(record, state="pulling"))
+            try:
+                image = self.runtime.ensure_image(
+                    task.image, policy=self.site.runtime.pull, progress=self.progress
+                )
+            except PtmError as exc:
+                return self._finish(replace(record, state="failed", reason=f"image: {exc}"))
+            record = replace(record, image_id=image.image_id, image_digest=image.repo_digest)
+            if reason := digest_mismatch(task, image):
+                return self._finish(replace(record, state="failed", reason=reason))
+            if cancelled():
+                return self._finish(replace(record, state="cancelled", reason="cancelled"))
+            try:
+                attach_to = self.runtime.start(container_spec(task, self.site, folders), image)
+            except ContainerError as exc:
+                return self._finish(replace(record, state="failed", reason=str(exc)))
+            record = self._record(replace(record, state="running", started_at=utc_now_text()))
+        outcome = self.runtime.wait(
+            attach_to, timeout_s=self._timeout(task), cancelled=cancelled
+        )
+        final = self._conclude(task, record, outcome, folders)
+        self.runtime.remove(attach_to)
+        shutil.rmtree(folders.root, ignore_errors=True)
+        return final
+
+    def _timeout(self, task: Task) -> float:
+        return float(min(task.timeout or self.site.limits.timeout, self.site.limits.timeout))
+
+    def _conclude(
+        self, task: Task, record: StatusRecord, outcome: Outcome, folders: RunFolders
+    ) -> StatusRecord:
+        record = replace(record, exit_code=outcome.exit_code, finished_at=utc_now_text())
+        if outcome.cancelled:
+            return self._finish(replace(record, state="cancelled", reason="cancelled by "
+                                        "tasks/<id>/cancel.yaml"), log=outcome.log)
+        if outcome.timed_out:
+            reason = f"killed after the time limit of {self._timeout(task):g}s"
+            return self._finish(replace(record, state="timed_out", reason=reason), log=outcome.log)
+        try:
+            report = self._collect(folders)
+        except OutputRejected as exc:
+            reason = f"output refused, nothing of it was published: {exc}"
+            return self._finish(replace(record, state="failed", reason=reason), log=outcome.log)
+        record = with_outputs(record, report)
+        if outcome.exit_code != 0:
+            why = "out of memory (limits.memory)" if outcome.oom_killed else "non-zero exit"
+            reason = f"the container exited with code {outcome.exit_code}: {why}"
+            return self._finish(replace(record, state="failed", reason=reason),
+                                log=outcome.log, outputs=folders.collected_dir)
+        return self._finish(replace(record, state="completed", reason=None),
+                            log=outcome.log, outputs=folders.collected_dir)
+
+    def _collect(self, folders: RunFolders) -> OutputReport:
+        limits = self.site.limits
+        shutil.rmtree(folders.collected_dir, ignore_errors=True)
+        return collect_outputs(
+            folders.output_dir,
+            folders.collected_dir,
+            max_bytes=limits.output_bytes,
+            max_files=limits.output_files,
+            max_depth=limits.output_depth,
+        )
+
+    def _record(self, record: StatusRecord) -> StatusRecord:
+        self.ledger.record(record)
+        return record
+
+    def _finish(
+        self, record: StatusRecord, *, log: bytes | None = None, outputs: Path | None = None
+    ) -> StatusRecord:
+        if record.finished_at is None:
+            record = replace(record, finished_at=utc_now_text())
+        self.ledger.record(record, log=log if log is not None else b"", outputs=outputs)
+        return record
+
+
+def digest_mismatch(task: Task, image: ImageRef) -> str | None:
+    """A task pinned to ``name@sha256:…`` runs exactly that digest or nothing."""
+    if not task.is_pinned:
+        return None
+    wanted = task.image.rsplit("@", 1)[1]
+    found = image.repo_digest.rsplit("@", 1)[1] if image.repo_digest else None
+    if found == wanted:
+        return None
+    return f"the image pulled has digest {found or 'unknown'}, but the task pins {wanted}"
+
+
+def with_outputs(record: StatusRecord, report: OutputReport) -> StatusRecord:
+    outputs = tuple(
+        {"path": f"output/{path}", "bytes": size, "sha256": digest}
+        for path, size, digest in report.files
+    )
+    skipped = tuple({"path": f"output/{path}", "reason": why} for path, why in report.skipped)
+    return replace(record, outputs=outputs, skipped=skipped)
