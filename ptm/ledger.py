@@ -130,7 +130,7 @@ class Ledger:
             subject = message or f"{status.task}: {status.state} at {self.site}"
             body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"
             if status.reason:
-                body += f"\nReason: {status.reason}"
+                body += f"\nReason: {' '.join(status.reason.split())[:300]}"
             return commit_all(self.repo, result_path(status.task, self.site), subject + body,
                               sign_key=self.sign_key)
 
