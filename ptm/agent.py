@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ptm import __version__
-from ptm.errors import InvalidDocument, PtmError, RegistryError, TamperingDetected
+from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
 from ptm.ledger import Ledger, is_final
-from ptm.policy import Decision, Evidence, decide
+from ptm.judgement import judge
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.siteconfig import SiteConfig
 from ptm.status import StatusRecord, utc_now_text
@@ -156,42 +156,21 @@ class Agent:
             self._request_cancel(change.task_id, existing)
 
     def _receive(self, task_id: str, head: str, *, cancel_now: bool) -> None:
-        task_dir = self.mirror.task_dir(task_id)
-        record = StatusRecord(task=task_id, site=self.config.site, state="received",
-                              task_commit=self.mirror.task_commit(task_id, head),
-                              received_at=utc_now_text(), agent=f"ptm {__version__}")
-        try:
-            task = load_task(task_dir, task_id=task_id)
-        except InvalidDocument as exc:
-            if self._names_this_site(task_dir):
-                self._reject(record, f"invalid task: {exc}")
-            else:
-                log.info("task %s is invalid and does not name this site; ignored", task_id,
-                         extra={"task": task_id, "decision": "ignored"})
-            return
-        decision = self._decide(task, head)
+        verdict = judge(self.mirror, self.config, task_id, head)
+        decision = verdict.decision
         if not decision.for_this_site:
             log.debug("task %s is not for this site", task_id, extra={"task": task_id})
             return
-        record = replace(record, image=task.image, submitted_by=decision.submitted_by)
-        if not decision.accepted:
+        record = StatusRecord(task=task_id, site=self.config.site, state="received",
+                              task_commit=verdict.task_commit, received_at=utc_now_text(),
+                              agent=f"ptm {__version__}", submitted_by=decision.submitted_by,
+                              image=verdict.task.image if verdict.task else None)
+        if verdict.task is None or not decision.accepted:
             self._reject(record, decision.summary())
         elif cancel_now:
             self._finish_now(record, "cancelled", "cancelled before it started")
         else:
-            self._accept(task, record)
-
-    def _decide(self, task: Task, head: str) -> Decision:
-        signatures = ()
-        signers = self.config.policy.allowed_signers
-        if self.config.policy.require_signed_tasks and signers is not None:
-            commits = self.mirror.task_commits(task.id, head)
-            signatures = tuple(self.mirror.signatures(commits, signers))
-        return decide(task, self.config, Evidence(signatures=signatures))
-
-    def _names_this_site(self, task_dir: Path) -> bool:
-        text = (task_dir / "task.yaml").read_text(encoding="utf-8", errors="replace")
-        return self.config.site in text or '"*"' in text or "'*'" in text
+            self._accept(verdict.task, record)
 
     def _reject(self, record: StatusRecord, reason: str) -> None:
         self._finish_now(record, "rejected", reason)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ptm.commands import registry_cmd, task_cmd, validate_cmd
+from ptm.commands import agent_cmd, policy_cmd, registry_cmd, task_cmd, validate_cmd
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (registry_cmd, task_cmd, validate_cmd)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    registry_cmd,
+    task_cmd,
+    validate_cmd,
+    agent_cmd,
+    policy_cmd,
+)

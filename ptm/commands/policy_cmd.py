@@ -1,0 +1,80 @@
+"""ptm policy explain TASK --config FILE"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ptm.console import print_json, say
+from ptm.judgement import Judgement, judge
+from ptm.siteconfig import load_site_config
+from ptm.sync import TasksMirror
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    parser = commands.add_parser("policy", help="what a site's policy says of a task")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    explain = actions.add_parser(
+        "explain",
+        help="would this site run TASK, and every reason why not",
+        description="Judge TASK as it is now on the registry's tasks branch with the same code "
+        "the agent uses, without running anything. Exit 0 when the site would run it, 1 when "
+        "it would refuse it (every reason is listed).",
+    )
+    explain.add_argument("task_id", metavar="TASK")
+    explain.add_argument("--config", type=Path, required=True, metavar="FILE",
+                         help="the site config to judge with")
+    explain.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    explain.set_defaults(handler=run_explain)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    with tempfile.TemporaryDirectory(prefix="ptm-explain-") as tmp:
+        mirror = TasksMirror(Path(tmp) / "registry", url=config.registry.url,
+                             branch=config.registry.branch, ssh_key=config.registry.ssh_key)
+        mirror.ensure_clone()
+        head = mirror.fetch()
+        if not mirror.task_dir(args.task_id).is_dir():
+            say(f"task {args.task_id!r} is not on branch {config.registry.branch} of "
+                f"{config.registry.url}")
+            return 1
+        verdict = judge(mirror, config, args.task_id, head)
+    if args.json:
+        print_json(_document(verdict, config.site))
+    else:
+        _print(verdict, config.site)
+    return 0 if verdict.decision.accepted else 1
+
+
+def _document(verdict: Judgement, site: str) -> dict[str, Any]:
+    decision = verdict.decision
+    return {
+        "task": verdict.task_id,
+        "site": site,
+        "would_run": decision.accepted,
+        "for_this_site": decision.for_this_site,
+        "reasons": list(decision.reasons),
+        "submitted_by": decision.submitted_by,
+        "needs_approval": decision.needs_approval,
+        "task_commit": verdict.task_commit,
+    }
+
+
+def _print(verdict: Judgement, site: str) -> None:
+    decision = verdict.decision
+    if decision.accepted:
+        approval = " after an admin approves it (policy.approval: manual)" \
+            if decision.needs_approval else ""
+        say(f"{site} would run task {verdict.task_id}{approval}.")
+    elif not decision.for_this_site:
+        say(f"{site} would ignore task {verdict.task_id}: {decision.summary()}.")
+    else:
+        say(f"{site} would refuse task {verdict.task_id}:")
+        for reason in decision.reasons:
+            say(f"  - {reason}")
+    if decision.submitted_by:
+        say(f"submitted by {decision.submitted_by} (verified signature)")
+    say(f"task commit {verdict.task_commit[:12]}")
