@@ -8,9 +8,11 @@ processes. GitPython's exceptions are translated here into ptm's own.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import git
 import git.exc
@@ -80,6 +82,16 @@ class GitRepo:
         assert isinstance(output, bytes)
         return output
 
+    def run_with_input(self, *args: str, stdin: bytes) -> bytes:
+        """Run a git command that reads ``stdin`` (``cat-file --batch``…); return raw stdout."""
+        # GitPython hands ``istream`` to Popen as stdin, so it must be a real file, not bytes.
+        with tempfile.TemporaryFile() as stream:
+            stream.write(stdin)
+            stream.seek(0)
+            output = self._execute(args, None, None, strip=False, as_text=False, istream=stream)
+        assert isinstance(output, bytes)
+        return output
+
     def _execute(
         self,
         args: Sequence[str],
@@ -88,6 +100,7 @@ class GitRepo:
         *,
         strip: bool,
         as_text: bool,
+        istream: BinaryIO | None = None,
     ) -> str | bytes:
         options: list[str] = []
         for key, value in (config or {}).items():
@@ -97,6 +110,7 @@ class GitRepo:
         try:
             output = git.Git(str(self.path)).execute(
                 command,
+                istream=istream,
                 env=full_env,
                 strip_newline_in_stdout=strip,
                 stdout_as_string=as_text,
