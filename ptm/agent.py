@@ -17,6 +17,7 @@ from ptm import __version__
 from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
 from ptm.ledger import Ledger, is_final
+from ptm.decisions import AdminDecision, forget_decision, pending_decisions
 from ptm.judgement import judge
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.siteconfig import SiteConfig
@@ -98,6 +99,7 @@ class Agent:
 
     def cycle(self) -> CycleReport:
         self._reap()
+        self._apply_admin_decisions()
         state = self.workdir.load_state()
         if state.halted:
             log.error("halted: %s", state.halted, extra={"decision": "halted"})
@@ -169,8 +171,44 @@ class Agent:
             self._reject(record, decision.summary())
         elif cancel_now:
             self._finish_now(record, "cancelled", "cancelled before it started")
+        elif decision.needs_approval:
+            waiting = replace(record, state="awaiting_approval",
+                              reason="waits for the site admin (policy.approval: manual)")
+            self.ledger.record(waiting)
+            log.info("task %s awaits approval (ptm agent pending)", task_id,
+                     extra={"task": task_id, "decision": "awaiting_approval"})
         else:
             self._accept(verdict.task, record)
+
+    def _apply_admin_decisions(self) -> None:
+        for decision in pending_decisions(self.workdir):
+            record = self.ledger.status_of(decision.task_id)
+            if record is None or record.state not in {"awaiting_approval", "awaiting_release"}:
+                state = record.state if record else "unknown here"
+                log.warning("decision %s for task %s ignored: the task is %s", decision.verdict,
+                            decision.task_id, state, extra={"task": decision.task_id})
+            else:
+                self._apply(decision, record)
+            forget_decision(self.workdir, decision.task_id)
+
+    def _apply(self, decision: AdminDecision, record: StatusRecord) -> None:
+        task_id, by = decision.task_id, decision.decided_by
+        extra = {"task": task_id, "decision": decision.verdict, "reason": decision.reason}
+        if decision.verdict == "deny":
+            self.execution.discard_held(task_id)
+            denied = replace(record, state="denied", decided_by=by, finished_at=utc_now_text(),
+                             reason=f"denied by the site admin: {decision.reason}")
+            self.ledger.record(denied)
+        elif record.state == "awaiting_release" and decision.verdict == "release":
+            self.execution.release(task_id, decided_by=by)
+        elif record.state == "awaiting_approval" and decision.verdict == "approve":
+            task = load_task(self.mirror.task_dir(task_id), task_id=task_id)
+            self._accept(task, replace(record, reason=None, decided_by=by))
+        else:
+            log.warning("cannot %s task %s: it is %s", decision.verdict, task_id, record.state,
+                        extra=extra)
+            return
+        log.info("task %s: %s by %s", task_id, decision.verdict, by, extra=extra)
 
     def _reject(self, record: StatusRecord, reason: str) -> None:
         self._finish_now(record, "rejected", reason)
@@ -238,7 +276,7 @@ class Agent:
         for record in self.ledger.open_tasks():
             task_dir = self.mirror.task_dir(record.task)
             container = containers.get(record.task)
-            if record.state in {"awaiting_approval", "reviewing"}:
+            if record.state in {"awaiting_approval", "awaiting_release"}:
                 continue
             try:
                 task = load_task(task_dir, task_id=record.task)

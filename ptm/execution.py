@@ -8,19 +8,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ptm.errors import ContainerError, OutputRejected, PtmError
-from ptm.ledger import Ledger
+from ptm.decisions import held_dir
+from ptm.ledger import LOG_FILE, OUTPUT_DIR, STATUS_FILE, Ledger
 from ptm.outputs import OutputReport, collect_outputs
 from ptm.runtimes.base import ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
 from ptm.runtimes.base import Mount as RuntimeMount
-from ptm.schema import dump_yaml
+from ptm.schema import dump_yaml, load_yaml_file
 from ptm.siteconfig import SiteConfig
 from ptm.status import StatusRecord, utc_now_text
 from ptm.task import Task
 from ptm.validation import FILES_DIR
-from ptm.workdir import WorkDir
+from ptm.workdir import WorkDir, write_atomically
 
 CONFIG_NAME = "config.yaml"
 LOG_CAP_BYTES = 1024 * 1024
+HELD_STATES = frozenset({"completed", "failed"})
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,39 @@ class TaskExecution:
     ) -> StatusRecord:
         if record.finished_at is None:
             record = replace(record, finished_at=utc_now_text())
+        if self.site.policy.release == "manual" and record.state in HELD_STATES:
+            return self._hold(record, log or b"", outputs)
         self.ledger.record(record, log=log if log is not None else b"", outputs=outputs)
         return record
+
+    def _hold(self, record: StatusRecord, log: bytes, outputs: Path | None) -> StatusRecord:
+        """``release: manual``: keep log and outputs at the site until the admin releases them."""
+        held = held_dir(self.workdir, record.task)
+        shutil.rmtree(held, ignore_errors=True)
+        held.mkdir(parents=True)
+        if outputs is not None and outputs.is_dir():
+            shutil.move(str(outputs), held / OUTPUT_DIR)
+        (held / LOG_FILE).write_bytes(log)
+        write_atomically(held / STATUS_FILE, dump_yaml(record.to_document()))
+        waiting = replace(record, state="awaiting_release", reason=(
+            f"finished as {record.state}; its log and outputs wait for the site admin's "
+            "review (policy.release: manual)"))
+        self.ledger.record(waiting)
+        return waiting
+
+    def release(self, task_id: str, *, decided_by: str) -> StatusRecord:
+        """Publish what ``_hold`` kept, as it was when the task finished."""
+        held = held_dir(self.workdir, task_id)
+        document = load_yaml_file(held / STATUS_FILE, source=str(held / STATUS_FILE))
+        record = replace(StatusRecord.from_document(document), decided_by=decided_by)
+        outputs = held / OUTPUT_DIR
+        self.ledger.record(record, log=(held / LOG_FILE).read_bytes(),
+                           outputs=outputs if outputs.is_dir() else None)
+        shutil.rmtree(held, ignore_errors=True)
+        return record
+
+    def discard_held(self, task_id: str) -> None:
+        shutil.rmtree(held_dir(self.workdir, task_id), ignore_errors=True)
 
 
 def digest_mismatch(task: Task, image: ImageRef) -> str | None:

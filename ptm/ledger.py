@@ -25,7 +25,9 @@ RESULTS_DIR = "results"
 STATUS_FILE = "status.yaml"
 LOG_FILE = "log.txt"
 OUTPUT_DIR = "output"
-OPEN_STATES = ("received", "awaiting_approval", "accepted", "pulling", "running", "reviewing")
+OPEN_STATES = (
+    "received", "awaiting_approval", "accepted", "pulling", "running", "awaiting_release"
+)
 
 
 def results_branch(site: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ptm import logs
 from ptm.agent import Agent, run_until_stopped
+from ptm.commands.agent_admin_cmd import add_actions
 from ptm.console import format_table, print_json, say
 from ptm.errors import ConfigError
 from ptm.ledger import Ledger
@@ -39,6 +40,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         if name in {"status", "check", "once"}:
             action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(handler=handler)
+    add_actions(actions)
 
 
 def _agent(config: SiteConfig) -> Agent:

@@ -1,0 +1,136 @@
+"""ptm agent pending | approve | deny | review | release: the site admin's decisions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ptm.console import format_table, print_json, say
+from ptm.decisions import Verdict, drop_decision, held_dir, make_decision
+from ptm.errors import PtmError
+from ptm.ledger import LOG_FILE, OUTPUT_DIR, Ledger
+from ptm.siteconfig import SiteConfig, load_site_config
+from ptm.status import StatusRecord
+from ptm.sync import TasksMirror
+from ptm.workdir import WorkDir
+
+
+def add_actions(actions: argparse._SubParsersAction[Any]) -> None:
+    pending = actions.add_parser(
+        "pending", help="tasks and results waiting for your decision",
+        description="List tasks awaiting approval (policy.approval: manual) with image, "
+        "signer, config and files, and finished results awaiting release (policy.release: "
+        "manual).")
+    _config_option(pending)
+    pending.add_argument("--json", action="store_true", help="print JSON")
+    pending.set_defaults(handler=run_pending)
+    review = actions.add_parser(
+        "review", help="list the held output files of a finished task, with sizes",
+        description="Show what would leave the site if you release TASK: its output files "
+        "with sizes and its log size. The files are in the folder printed; open them there.")
+    review.add_argument("task_id", metavar="TASK")
+    _config_option(review)
+    review.add_argument("--json", action="store_true", help="print JSON")
+    review.set_defaults(handler=run_review)
+    verbs: dict[Verdict, str] = {
+        "approve": "let a task that awaits approval run",
+        "deny": "refuse a task awaiting approval, or withhold a finished task's results",
+        "release": "publish the held results of a finished task",
+    }
+    for verdict, text in verbs.items():
+        action = actions.add_parser(verdict, help=text, description=text[0].upper() + text[1:]
+                                    + ". The agent records the decision on the results branch "
+                                    "(signed with the site key) at its next cycle.")
+        action.add_argument("task_id", metavar="TASK")
+        _config_option(action)
+        action.add_argument("--reason", required=verdict == "deny", metavar="TEXT",
+                            help="why (shown to the researcher)")
+        action.add_argument("--as", dest="decided_by", metavar="NAME",
+                            help="who decides (default: user@host)")
+        action.set_defaults(handler=run_decision, verdict=verdict)
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
+                        help="the site config (YAML)")
+
+
+def _ledger(config: SiteConfig) -> Ledger:
+    workdir = WorkDir(config.workdir)
+    if not (workdir.results_clone / ".git").is_dir():
+        raise PtmError(f"{config.workdir}: the agent has not run yet (no results clone)")
+    return Ledger(workdir.results_clone, url=config.registry.url, site=config.site,
+                  ssh_key=config.registry.ssh_key, sign_key=config.signing_key)
+
+
+def run_pending(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    waiting = [r for r in _ledger(config).open_tasks()
+               if r.state in {"awaiting_approval", "awaiting_release"}]
+    mirror = TasksMirror(WorkDir(config.workdir).tasks_clone, url=config.registry.url,
+                         branch=config.registry.branch, ssh_key=config.registry.ssh_key)
+    details = [_pending_detail(r, mirror) for r in waiting]
+    if args.json:
+        print_json(details)
+        return 0
+    if not details:
+        say("Nothing waits for a decision.")
+    for item in details:
+        say(f"{item['task']}: {item['state']}")
+        for key in ("image", "submitted_by", "task_commit"):
+            say(f"  {key}: {item[key]}")
+        say("  config: " + (item["config"].strip().replace("\n", "\n          ") or "(none)"))
+        say("  files: " + (", ".join(item["files"]) or "(none)"))
+    return 0
+
+
+def _pending_detail(record: StatusRecord, mirror: TasksMirror) -> dict[str, Any]:
+    task_dir = mirror.task_dir(record.task)
+    files_dir = task_dir / "files"
+    files = sorted(str(p.relative_to(files_dir)) for p in files_dir.rglob("*") if p.is_file()) \
+        if files_dir.is_dir() else []
+    task_file = task_dir / "task.yaml"
+    return {
+        "task": record.task, "state": record.state, "image": record.image,
+        "submitted_by": record.submitted_by or "(signature not checked)",
+        "task_commit": record.task_commit,
+        "config": task_file.read_text(encoding="utf-8") if task_file.is_file() else "",
+        "files": files,
+    }
+
+
+def run_review(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    held = held_dir(WorkDir(config.workdir), args.task_id)
+    if not held.is_dir():
+        raise PtmError(f"task {args.task_id!r} has no results waiting for release at this site")
+    outputs = held / OUTPUT_DIR
+    files = [(str(p.relative_to(held)), p.stat().st_size)
+             for p in sorted(outputs.rglob("*")) if p.is_file()] if outputs.is_dir() else []
+    log_bytes = (held / LOG_FILE).stat().st_size
+    if args.json:
+        print_json({"task": args.task_id, "folder": str(held), "log_bytes": log_bytes,
+                    "files": [{"path": p, "bytes": b} for p, b in files]})
+        return 0
+    say(f"Held results of {args.task_id} in {held}:")
+    say(format_table(("FILE", "BYTES"), [*files, (LOG_FILE, log_bytes)]))
+    say(f"Total {sum(b for _, b in files) + log_bytes} bytes in {len(files) + 1} files. "
+        f"Release with: ptm agent release {args.task_id} --config {args.config}")
+    return 0
+
+
+def run_decision(args: argparse.Namespace) -> int:
+    config = load_site_config(args.config)
+    record = _ledger(config).status_of(args.task_id)
+    wanted = {"approve": {"awaiting_approval"}, "release": {"awaiting_release"},
+              "deny": {"awaiting_approval", "awaiting_release"}}[args.verdict]
+    if record is None or record.state not in wanted:
+        state = record.state if record else "not known at this site"
+        raise PtmError(f"cannot {args.verdict} task {args.task_id!r}: it is {state}")
+    decision = make_decision(args.task_id, args.verdict, reason=args.reason,
+                             decided_by=args.decided_by)
+    drop_decision(WorkDir(config.workdir), decision)
+    say(f"{args.verdict.capitalize()} task {args.task_id} as {decision.decided_by}; the agent "
+        "records it at its next cycle (or run 'ptm agent once').")
+    return 0
