@@ -45,6 +45,7 @@ setup(
             "types-pyyaml",
             "types-paramiko",
             "types-docker",
+            "types-jsonschema",
         ],
     },
     entry_points={"console_scripts": ["ptm=ptm.main:main"]},

@@ -21,7 +21,7 @@ from ptm.decisions import AdminDecision, forget_decision, pending_decisions
 from ptm.judgement import judge
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.siteconfig import SiteConfig
-from ptm.status import StatusRecord, utc_now_text
+from ptm.status import State, StatusRecord, utc_now_text
 from ptm.sync import TaskChange, TasksMirror
 from ptm.task import Task, load_task
 from ptm.watch import RefsWatcher, local_registry_path
@@ -183,7 +183,7 @@ class Agent:
     def _apply_admin_decisions(self) -> None:
         for decision in pending_decisions(self.workdir):
             record = self.ledger.status_of(decision.task_id)
-            if record is None or record.state not in {"awaiting_approval", "awaiting_release"}:
+            if record is None or record.state not in {"awaiting_approval", "reviewing"}:
                 state = record.state if record else "unknown here"
                 log.warning("decision %s for task %s ignored: the task is %s", decision.verdict,
                             decision.task_id, state, extra={"task": decision.task_id})
@@ -199,7 +199,7 @@ class Agent:
             denied = replace(record, state="denied", decided_by=by, finished_at=utc_now_text(),
                              reason=f"denied by the site admin: {decision.reason}")
             self.ledger.record(denied)
-        elif record.state == "awaiting_release" and decision.verdict == "release":
+        elif record.state == "reviewing" and decision.verdict == "release":
             self.execution.release(task_id, decided_by=by)
         elif record.state == "awaiting_approval" and decision.verdict == "approve":
             task = load_task(self.mirror.task_dir(task_id), task_id=task_id)
@@ -213,7 +213,7 @@ class Agent:
     def _reject(self, record: StatusRecord, reason: str) -> None:
         self._finish_now(record, "rejected", reason)
 
-    def _finish_now(self, record: StatusRecord, state: str, reason: str) -> None:
+    def _finish_now(self, record: StatusRecord, state: State, reason: str) -> None:
         final = replace(record, state=state, reason=reason, finished_at=utc_now_text())
         self.ledger.record(final)
         log.info("task %s %s: %s", record.task, state, reason,
@@ -276,7 +276,7 @@ class Agent:
         for record in self.ledger.open_tasks():
             task_dir = self.mirror.task_dir(record.task)
             container = containers.get(record.task)
-            if record.state in {"awaiting_approval", "awaiting_release"}:
+            if record.state in {"awaiting_approval", "reviewing"}:
                 continue
             try:
                 task = load_task(task_dir, task_id=record.task)

@@ -21,7 +21,6 @@ from ptm.validation import FILES_DIR
 from ptm.workdir import WorkDir, write_atomically
 
 CONFIG_NAME = "config.yaml"
-LOG_CAP_BYTES = 1024 * 1024
 HELD_STATES = frozenset({"completed", "failed"})
 
 
@@ -80,7 +79,7 @@ def container_spec(task: Task, site: SiteConfig, folders: RunFolders) -> Contain
         pids=limits.pids,
         network=site.runtime.network,
         user=site.runtime.user,
-        log_bytes=LOG_CAP_BYTES,
+        log_bytes=limits.log_bytes,
     )
 
 
@@ -198,7 +197,7 @@ class TaskExecution:
             shutil.move(str(outputs), held / OUTPUT_DIR)
         (held / LOG_FILE).write_bytes(log)
         write_atomically(held / STATUS_FILE, dump_yaml(record.to_document()))
-        waiting = replace(record, state="awaiting_release", reason=(
+        waiting = replace(record, state="reviewing", reason=(
             f"finished as {record.state}; its log and outputs wait for the site admin's "
             "review (policy.release: manual)"))
         self.ledger.record(waiting)

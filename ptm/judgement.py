@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptm.errors import InvalidDocument
+from ptm.gitrepo import SignatureCheck
 from ptm.policy import Decision, Evidence, decide
 from ptm.siteconfig import SiteConfig
 from ptm.sync import TasksMirror
@@ -35,7 +36,7 @@ def judge(mirror: TasksMirror, config: SiteConfig, task_id: str, head: str) -> J
         reason = f"invalid task: {exc}"
         decision = Decision(names_us, (reason,), None, needs_approval=False)
         return Judgement(task_id, None, exc, decision, task_commit)
-    signatures = ()
+    signatures: tuple[SignatureCheck, ...] = ()
     signers = config.policy.allowed_signers
     if config.policy.require_signed_tasks and signers is not None:
         signatures = tuple(mirror.signatures(mirror.task_commits(task_id, head), signers))

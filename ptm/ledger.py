@@ -17,6 +17,7 @@ from ptm.errors import RegistryError
 from ptm.gitrepo import GitRepo
 from ptm.registry import push_with_rebase, signing_options, ssh_environment
 from ptm.schema import dump_yaml, load_yaml_text
+from ptm.status import OPEN_STATES as OPEN_STATE_SET
 from ptm.status import State, StatusRecord
 from ptm.workdir import write_atomically
 
@@ -25,9 +26,7 @@ RESULTS_DIR = "results"
 STATUS_FILE = "status.yaml"
 LOG_FILE = "log.txt"
 OUTPUT_DIR = "output"
-OPEN_STATES = (
-    "received", "awaiting_approval", "accepted", "pulling", "running", "awaiting_release"
-)
+OPEN_STATES = tuple(sorted(OPEN_STATE_SET))
 
 
 def results_branch(site: str) -> str:

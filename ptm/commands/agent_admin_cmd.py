@@ -67,7 +67,7 @@ def _ledger(config: SiteConfig) -> Ledger:
 def run_pending(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     waiting = [r for r in _ledger(config).open_tasks()
-               if r.state in {"awaiting_approval", "awaiting_release"}]
+               if r.state in {"awaiting_approval", "reviewing"}]
     mirror = TasksMirror(WorkDir(config.workdir).tasks_clone, url=config.registry.url,
                          branch=config.registry.branch, ssh_key=config.registry.ssh_key)
     details = [_pending_detail(r, mirror) for r in waiting]
@@ -123,8 +123,8 @@ def run_review(args: argparse.Namespace) -> int:
 def run_decision(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     record = _ledger(config).status_of(args.task_id)
-    wanted = {"approve": {"awaiting_approval"}, "release": {"awaiting_release"},
-              "deny": {"awaiting_approval", "awaiting_release"}}[args.verdict]
+    wanted = {"approve": {"awaiting_approval"}, "release": {"reviewing"},
+              "deny": {"awaiting_approval", "reviewing"}}[args.verdict]
     if record is None or record.state not in wanted:
         state = record.state if record else "not known at this site"
         raise PtmError(f"cannot {args.verdict} task {args.task_id!r}: it is {state}")
