@@ -3,16 +3,13 @@
 Everything ptm reads from a registry is hostile until proven otherwise, so the loader is strict
 before it is helpful:
 
-- the size is checked before anything is read (``lstat``; symlinks and non-regular files are
-  refused, and the file is opened with ``O_NOFOLLOW`` so a swap after the check cannot redirect it);
-- bytes must be UTF-8;
-- YAML anchors and aliases are refused outright: the simplest defence against alias bombs
-  ("billion laughs"), and nothing in ptm's formats needs them;
-- explicit tags (``!!python/object``, ``!!binary``, ``!custom``…) and merge keys (``<<``) are
-  refused, keys must be strings and unique, numbers must be finite, nesting is bounded;
-- timestamps stay strings (YAML 1.1 would turn ``2026-11-29T10:00:00Z`` into a datetime, which
-  is not JSON and would fail the schemas' ``type: string``);
-- one document per file, and its top level must be a mapping.
+- the size is checked (``lstat``) before anything is read; symlinks and non-regular files are
+  refused, and ``O_NOFOLLOW`` keeps a swap after the check from redirecting the read;
+- bytes must be UTF-8; one document per file, whose top level is a mapping;
+- anchors and aliases are refused outright: the simplest defence against alias bombs;
+- tags (``!!python/object``, ``!!binary``…) and merge keys (``<<``) are refused, keys must be
+  unique strings, numbers finite, nesting bounded;
+- timestamps stay strings (YAML 1.1 would make ``2026-11-29T10:00:00Z`` a datetime, not JSON).
 
 Validation reports every problem at once, sorted by JSON path, as ``Problem`` objects whose
 ``rule`` is the JSON Schema keyword that failed (``required``, ``pattern``…) or, for problems
@@ -99,13 +96,8 @@ def load_schema(schema_name: str) -> Mapping[str, Any]:
 
 def dump_yaml(document: Mapping[str, Any]) -> str:
     """YAML text for ``document``: keys in their order, Unicode kept, no anchors or aliases."""
-    return yaml.dump(
-        _plain(document),
-        Dumper=_NoAliasDumper,
-        sort_keys=False,
-        allow_unicode=True,
-        default_flow_style=False,
-    )
+    plain = _plain(document)
+    return yaml.dump(plain, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
 
 
 @functools.cache
@@ -351,12 +343,20 @@ def _unknown_keys(instance: dict[str, Any], schema: Mapping[str, Any]) -> list[s
 
 
 def _message(error: ValidationError) -> str:
-    # a rule that only applies conditionally (if/then) explains itself in its description
-    if "then" in error.schema_path and isinstance(error.schema, dict):
-        return str(error.schema.get("description", error.message))
-    describe = _MESSAGES.get(str(error.validator))
-    text = describe(error.instance, error.validator_value) if describe else error.message[:300]
+    text = _rule_message(error)
     return f"key {text}" if "propertyNames" in error.schema_path else text
+
+
+def _rule_message(error: ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    # a rule that only applies conditionally (if/then) explains itself in its description
+    if "then" in error.schema_path and "description" in schema:
+        return str(schema["description"])
+    long_pattern = error.validator == "pattern" and len(str(error.validator_value)) > 80
+    if long_pattern and "description" in schema:  # a 250-character regex explains nothing
+        return f"{_short(error.instance)} does not have the expected form: {schema['description']}"
+    describe = _MESSAGES.get(str(error.validator))
+    return describe(error.instance, error.validator_value) if describe else error.message[:300]
 
 
 def _required_message(error: ValidationError, instance: dict[str, Any]) -> str:
@@ -391,13 +391,13 @@ def _few_items(instance: Any, limit: Any) -> str:
 
 
 _MESSAGES: dict[str, Callable[[Any, Any], str]] = {
+    "pattern": lambda value, pattern: f"{_short(value)} does not match {pattern}",
     "type": _type,
     "uniqueItems": _duplicate,
     "minLength": _too_short,
     "minItems": _few_items,
     "maxLength": lambda value, limit: f"is {len(value)} characters long; at most {limit} allowed",
     "maxItems": lambda value, limit: f"has {len(value)} entries; at most {limit} allowed",
-    "pattern": lambda value, pattern: f"{_short(value)} does not match {pattern}",
     "const": lambda value, const: f"must be {json.dumps(const)}, found {_short(value)}",
     "enum": lambda value, options: f"{_short(value)} is not one of {', '.join(map(repr, options))}",
     "minimum": lambda value, limit: f"must be at least {limit}, found {_short(value)}",
@@ -408,17 +408,11 @@ _MESSAGES: dict[str, Callable[[Any, Any], str]] = {
 
 
 def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
-    if isinstance(value, (int, float)):
-        return f"the number {_short(value)}"
-    if isinstance(value, str):
-        return f"the text {_short(value)}"
-    if isinstance(value, (dict, list)):
-        return "a mapping" if isinstance(value, dict) else "a list"
-    return type(value).__name__
+    if isinstance(value, (int, float, str)):
+        return f"{'the text' if isinstance(value, str) else 'the number'} {_short(value)}"
+    return {type(None): "null", dict: "a mapping", list: "a list"}.get(type(value), "a value")
 
 
 def _short(value: Any, limit: int = 80) -> str:
