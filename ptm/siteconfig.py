@@ -124,7 +124,7 @@ class SftpTarget:
 class SiteConfig:
     site: str
     registry: RegistrySettings
-    source: Path | None = None  # the config file, when loaded from one
+    source: Path | None = field(default=None, compare=False)  # the file, when loaded from one
     workdir: Path = DEFAULT_WORKDIR
     poll_interval: int = 30
     policy: PolicySettings = field(default_factory=PolicySettings)
