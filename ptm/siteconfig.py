@@ -281,6 +281,8 @@ class _Builder:
     def sftp_targets(self, section: Mapping[str, Any]) -> dict[str, SftpTarget]:
         targets = {}
         for name, entry in section.items():
+            if not is_valid_name(name):  # the schema says so too; names.py is the authority
+                self.problem("sftp_targets", "name", f"{name!r} is not a valid target name")
             targets[name] = SftpTarget(
                 name=name,
                 host=entry["host"],

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from ptm import __version__
+from ptm.names import check_name
 from ptm.schema import load_yaml_file, validate
 
 State = Literal[
@@ -129,6 +130,8 @@ class StatusRecord:
     ) -> StatusRecord:
         """Validate a parsed status.yaml and build the record; InvalidDocument if it is bad."""
         validate(document, "status", source=source)
+        check_name(document["task"], kind="task id", source=source, path="task")
+        check_name(document["site"], kind="site name", source=source, path="site")
         values = {key: document[key] for key in _KEYS[1:] if key in document}
         for key in ("outputs", "skipped"):
             values[key] = tuple(values.get(key, ()))
