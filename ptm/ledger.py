@@ -80,7 +80,8 @@ class Ledger:
         if not path.is_file():
             return None
         source = f"{self.branch}:{result_path(task_id, self.site)}/{STATUS_FILE}"
-        return StatusRecord.from_document(load_yaml_text(path.read_bytes(), source=source))
+        document = load_yaml_text(path.read_bytes(), source=source)
+        return StatusRecord.from_document(document, source=source)
 
     def open_tasks(self) -> list[StatusRecord]:
         """Tasks whose last recorded state is not final (found by one ``git grep``)."""

@@ -1,0 +1,1 @@
+"""The skeleton of a new registry, shipped as package data (see ptm.registry.template_dir)."""
