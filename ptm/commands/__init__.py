@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ptm.commands import agent_cmd, policy_cmd, registry_cmd, task_cmd, validate_cmd
+from ptm.commands import (
+    agent_cmd,
+    cancel_cmd,
+    policy_cmd,
+    registry_cmd,
+    results_cmd,
+    status_cmd,
+    task_cmd,
+    validate_cmd,
+)
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     registry_cmd,
@@ -12,4 +21,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     validate_cmd,
     agent_cmd,
     policy_cmd,
+    status_cmd,
+    results_cmd,
+    cancel_cmd,
 )

@@ -1,0 +1,441 @@
+"""ptm's Python API for researchers; the commands ``status``, ``results`` and ``cancel`` use it too.
+
+    from pathlib import Path
+    from ptm.api import Registry
+
+    registry = Registry.open("ssh://git@git.example.org/consortium/registry.git")
+    registry.submit(
+        {"task_id": "age-stats-2", "image": "org/age-stats:1.3", "sites": ["hospital-a"]},
+        sign_key=Path.home() / ".ssh" / "id_ed25519",
+    )
+    registry.wait("age-stats-2", timeout=3600)
+    for site, result in registry.results("age-stats-2", Path("results/age-stats-2")).items():
+        print(site, result.state, result.read_text("summary.csv"))
+
+``Registry.open`` takes a registry clone (a folder, or any folder inside one) or a URL (any git
+URL, or the path of a bare repository); a URL is read through a cache clone under
+``$XDG_CACHE_HOME/ptm/registries/`` (``~/.cache`` by default). Every value returned is frozen.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ptm import federation
+from ptm.errors import InvalidDocument, PtmError
+from ptm.federation import (
+    CollectedSite,
+    Overview,
+    RegistryRefs,
+    TaskStatus,
+    is_safe_relative_path,
+)
+from ptm.gitrepo import GitRepo
+from ptm.ledger import LOG_FILE, OUTPUT_DIR
+from ptm.names import check_name
+from ptm.registry import (
+    REGISTRY_FILE,
+    commit,
+    find_registry_root,
+    push_with_rebase,
+    signing_options,
+    tasks_branch,
+)
+from ptm.schema import dump_yaml, load_yaml_text, problems_in
+from ptm.status import StatusRecord
+from ptm.submission import Submitted, TaskDraft, submit_task, write_task
+from ptm.task import CANCEL_FILE, TASK_FILE, TASKS_DIR
+
+DEFAULT_REMOTE = "origin"
+DEFAULT_POLL_INTERVAL = 5.0
+ProgressCallback = Callable[[TaskStatus, float], None]
+RetryCallback = Callable[[int, str], None]
+
+
+class WaitTimedOut(PtmError):
+    """``Registry.wait`` ran out of time; ``status`` is the last status seen."""
+
+    def __init__(self, status: TaskStatus, timeout: float, sites: Sequence[str] = ()) -> None:
+        self.status = status
+        self.timeout = timeout
+        unfinished = status.unfinished(sites)
+        listed = ", ".join(f"{s.site} ({s.state})" for s in unfinished) or "no site has reported"
+        super().__init__(
+            f"timed out after {timeout:g}s waiting for task {status.task_id}: not finished at "
+            f"{listed}"
+        )
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    """One site's collected result: ``folder`` holds status.yaml, log.txt and output/."""
+
+    site: str
+    state: str
+    folder: Path
+    files: tuple[str, ...]  # relative to folder
+    record: StatusRecord | None
+    refused: tuple[str, ...] = ()  # paths on the branch that were not written, and why
+
+    @property
+    def output_files(self) -> tuple[str, ...]:
+        """The output files, relative to ``output/`` (``summary.csv``, ``plots/a.png``…)."""
+        prefix = f"{OUTPUT_DIR}/"
+        return tuple(f.removeprefix(prefix) for f in self.files if f.startswith(prefix))
+
+    def output_path(self, name: str) -> Path:
+        """Where output file ``name`` (relative to ``output/``) was written."""
+        if not is_safe_relative_path(name) or name not in self.output_files:
+            raise PtmError(f"{self.site} has no output file {name!r}")
+        return self.folder / OUTPUT_DIR / name
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.output_path(name).read_bytes()
+
+    def read_text(self, name: str, *, encoding: str = "utf-8") -> str:
+        return self.output_path(name).read_text(encoding=encoding)
+
+    @property
+    def log(self) -> str | None:
+        """The container's output, when the site published one."""
+        if LOG_FILE not in self.files:
+            return None
+        return (self.folder / LOG_FILE).read_text(encoding="utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    task_id: str
+    commit: str
+    signed: bool
+    requested_by: str | None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A task registry, through a local clone (yours, or ptm's cache clone of ``url``)."""
+
+    root: Path
+    tasks_branch: str
+    remote: str = DEFAULT_REMOTE
+    url: str | None = None  # set when ``root`` is ptm's cache clone, which ptm may reset
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        location: str | os.PathLike[str] | None = None,
+        *,
+        remote: str = DEFAULT_REMOTE,
+        cache_dir: Path | None = None,
+    ) -> Registry:
+        """A clone (folder; default: the current one) or a URL / bare repository path."""
+        if location is None:
+            return cls.open_clone(Path.cwd(), remote=remote)
+        text = os.fspath(location)
+        if _looks_like_url(text) or _is_bare_repository(Path(text)):
+            return cls.open_url(text, cache_dir=cache_dir)
+        return cls.open_clone(Path(text), remote=remote)
+
+    @classmethod
+    def open_clone(cls, path: Path, *, remote: str = DEFAULT_REMOTE) -> Registry:
+        root = find_registry_root(path)
+        return cls(root, tasks_branch(root), remote)
+
+    @classmethod
+    def open_url(cls, url: str, *, cache_dir: Path | None = None) -> Registry:
+        """Clone ``url`` into the cache (once), bring it up to date and return it."""
+        if _is_bare_repository(Path(url)):
+            url = str(Path(url).resolve())
+        root = _cache_clone(url, cache_dir if cache_dir is not None else cache_home())
+        if not (root / REGISTRY_FILE).is_file():
+            raise PtmError(f"{url}: not a ptm registry (no {REGISTRY_FILE} on its default branch)")
+        registry = cls(root, tasks_branch(root), DEFAULT_REMOTE, url)
+        registry.refresh()
+        return registry
+
+    @property
+    def repo(self) -> GitRepo:
+        return GitRepo(self.root)
+
+    @property
+    def refs(self) -> RegistryRefs:
+        return RegistryRefs(self.remote, self.tasks_branch)
+
+    def refresh(self) -> None:
+        """Fetch the tasks branch and every results branch (one ``git fetch``)."""
+        with _cache_lock(self.root) if self.url else _no_lock():
+            federation.fetch(self.repo, self.refs)
+            if self.url is not None:  # our own cache clone: make it match the registry
+                self.repo.run(
+                    "checkout", "--quiet", "--force", "-B", self.tasks_branch, self.refs.tasks_ref
+                )
+                self.repo.run("clean", "--quiet", "-d", "--force", "-x")
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def overview(self, *, refresh: bool = True) -> Overview:
+        """Every task and every site's state (from the overview's quick reading)."""
+        if refresh:
+            self.refresh()
+        return federation.read_overview(self.repo, self.refs)
+
+    def status(self, task_id: str, *, refresh: bool = True) -> TaskStatus:
+        """One task, every site's validated status.yaml; PtmError for an unknown task."""
+        if refresh:
+            self.refresh()
+        return federation.read_task_status(self.repo, self.refs, task_id)
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,
+        sites: Sequence[str] = (),
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        on_progress: ProgressCallback | None = None,
+    ) -> TaskStatus:
+        """Poll until every targeted site is final (see ``TaskStatus.targets``).
+
+        Raises WaitTimedOut (a PtmError) after ``timeout`` seconds; None waits for ever.
+        """
+        start = time.monotonic()
+        while True:
+            status = self.status(task_id)
+            elapsed = time.monotonic() - start
+            if on_progress is not None:
+                on_progress(status, elapsed)
+            if status.is_done(sites):
+                return status
+            if timeout is not None and elapsed >= timeout:
+                raise WaitTimedOut(status, timeout, sites)
+            remaining = poll_interval if timeout is None else min(poll_interval, timeout - elapsed)
+            time.sleep(max(0.0, remaining))
+
+    def results(
+        self,
+        task_id: str,
+        out_dir: Path | None = None,
+        *,
+        sites: Sequence[str] = (),
+        refresh: bool = True,
+    ) -> dict[str, SiteResult]:
+        """Copy each site's status.yaml, log.txt and output/ into ``out_dir/<site>/``.
+
+        ``out_dir`` defaults to ``./results/<task_id>``. Each site's folder is replaced as a
+        whole; nothing is written outside ``out_dir``.
+        """
+        status = self.status(task_id, refresh=refresh)
+        target = out_dir if out_dir is not None else Path("results") / task_id
+        collected = federation.collect_results(self.repo, self.refs, status, target, sites=sites)
+        return {site: _site_result(status, done) for site, done in collected.items()}
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        draft: TaskDraft | Mapping[str, Any],
+        *,
+        sign_key: Path | None = None,
+        on_retry: RetryCallback | None = None,
+    ) -> Submitted:
+        """Write ``tasks/<id>/`` from ``draft`` (a TaskDraft or its fields), commit, push."""
+        task = draft if isinstance(draft, TaskDraft) else draft_from_mapping(draft)
+        if self.url is not None:
+            self.refresh()
+        write_task(self.root, task)
+        return submit_task(
+            self.root,
+            task.task_id,
+            branch=self.tasks_branch,
+            sign_key=sign_key,
+            remote=self.remote,
+            on_retry=on_retry,
+        )
+
+    def cancel(
+        self,
+        task_id: str,
+        *,
+        reason: str,
+        sign_key: Path | None = None,
+        on_retry: RetryCallback | None = None,
+    ) -> Cancelled:
+        """Commit ``tasks/<id>/cancel.yaml`` (signed like a task) and push it."""
+        if self.url is not None:
+            self.refresh()
+        return cancel_task(
+            self.root,
+            task_id,
+            reason=reason,
+            branch=self.tasks_branch,
+            sign_key=sign_key,
+            remote=self.remote,
+            on_retry=on_retry,
+        )
+
+
+def draft_from_mapping(values: Mapping[str, Any]) -> TaskDraft:
+    """A TaskDraft from plain values (lists become tuples); PtmError for unknown keys."""
+    known = {f.name for f in fields(TaskDraft)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise PtmError(f"unknown task fields {unknown}; expected some of {sorted(known)}")
+    converted: dict[str, Any] = {
+        key: tuple(value) if key in ("sites", "command", "files") and value is not None else value
+        for key, value in values.items()
+    }
+    if isinstance(values.get("sites"), str):
+        converted["sites"] = (values["sites"],)
+    try:
+        return TaskDraft(**converted)
+    except TypeError as exc:
+        raise PtmError(f"incomplete task: {exc}") from None
+
+
+def _site_result(status: TaskStatus, collected: CollectedSite) -> SiteResult:
+    site_status = status.site(collected.site)
+    record = site_status.record if site_status is not None else None
+    return SiteResult(
+        collected.site,
+        collected.state,
+        collected.folder,
+        collected.files,
+        record,
+        collected.refused,
+    )
+
+
+# -- cancelling --------------------------------------------------------------------------------
+
+
+def cancel_task(
+    root: Path,
+    task_id: str,
+    *,
+    reason: str,
+    branch: str,
+    sign_key: Path | None,
+    remote: str = DEFAULT_REMOTE,
+    on_retry: RetryCallback | None = None,
+) -> Cancelled:
+    """Refuse unknown and already cancelled tasks; else commit cancel.yaml and push it."""
+    source = f"{TASKS_DIR}/{task_id}/{CANCEL_FILE}"
+    check_name(task_id, kind="task id", source=source)
+    repo = GitRepo(root)
+    refs = RegistryRefs(remote, branch)
+    repo.run("fetch", "--quiet", "--no-tags", remote, refs.refspecs()[0])
+    _check_cancellable(repo, refs, task_id)
+    requested_by = repo.config_value("user.email")
+    document: dict[str, Any] = {"ptm": 1, "reason": reason}
+    if requested_by:
+        document["requested_by"] = requested_by
+    problems = problems_in(document, "cancel", source=source)
+    if problems:
+        raise InvalidDocument(problems)
+    _write_text(root / source, dump_yaml(document))
+    _, signed = signing_options(repo, sign_key)
+    summary = " ".join(reason.split())[:300]
+    commit(repo, [source], f"Cancel task {task_id}\n\nReason: {summary}", sign_key=sign_key)
+    push_with_rebase(repo, branch, sign_key=sign_key, remote=remote, on_retry=on_retry)
+    return Cancelled(task_id, repo.run("rev-parse", "HEAD"), signed, requested_by)
+
+
+def _check_cancellable(repo: GitRepo, refs: RegistryRefs, task_id: str) -> None:
+    task_dir = f"{TASKS_DIR}/{task_id}"
+    task_data, cancel_data = federation.read_blobs(
+        repo,
+        [f"{refs.tasks_ref}:{task_dir}/{TASK_FILE}", f"{refs.tasks_ref}:{task_dir}/{CANCEL_FILE}"],
+    )
+    if task_data is None:
+        raise PtmError(f"no task {task_id!r} in the registry (branch {refs.tasks_branch})")
+    if cancel_data is not None:
+        raise PtmError(f"task {task_id} is cancelled already{_cancel_reason(cancel_data)}")
+
+
+def _cancel_reason(data: bytes) -> str:
+    try:
+        reason = load_yaml_text(data, source=CANCEL_FILE).get("reason")
+    except InvalidDocument:
+        return ""
+    return f" (reason: {' '.join(str(reason).split())[:200]})" if reason else ""
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+# -- the cache of registries opened by URL -----------------------------------------------------
+
+
+def cache_home() -> Path:
+    """``$XDG_CACHE_HOME/ptm/registries`` (``~/.cache/ptm/registries`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ptm" / "registries"
+
+
+def cache_clone_path(cache_dir: Path, url: str) -> Path:
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    last = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git").lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", last).strip("-")[:40] or "registry"
+    return cache_dir / f"{slug}-{digest}"
+
+
+def _cache_clone(url: str, cache_dir: Path) -> Path:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:  # no usable cache folder (read-only home…): a private temporary one
+        cache_dir = Path(tempfile.mkdtemp(prefix="ptm-registries-"))
+    path = cache_clone_path(cache_dir, url)
+    with _cache_lock(path):
+        if (path / ".git").is_dir():
+            return path
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        GitRepo(cache_dir).run("clone", "--quiet", "--no-tags", "--", url, str(partial))
+        partial.rename(path)
+    return path
+
+
+@contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """One ptm at a time clones or updates a cache clone (git's own locks would just fail)."""
+    with open(path.with_name(path.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
+
+
+_SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:")
+
+
+def _looks_like_url(text: str) -> bool:
+    return "://" in text or _SCP_LIKE.match(text) is not None
+
+
+def _is_bare_repository(path: Path) -> bool:
+    return (
+        (path / "HEAD").is_file() and (path / "objects").is_dir() and not (path / ".git").exists()
+    )

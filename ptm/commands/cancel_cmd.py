@@ -1,0 +1,54 @@
+"""ptm cancel TASK: commit tasks/TASK/cancel.yaml (signed like a task) and push it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ptm.commands.status_cmd import add_location_options, open_registry
+from ptm.console import print_json, say, warn
+
+DEFAULT_REASON = "cancelled by the researcher"
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    parser = commands.add_parser(
+        "cancel",
+        help="cancel a task",
+        description="Commit tasks/TASK/cancel.yaml (ptm: 1, reason, requested_by from git's "
+        "user.email), signed like a task (--sign-key, or git's gpg.format=ssh and "
+        "user.signingkey), and push it. Sites that have not finished the task stop or skip "
+        "it. Unknown and already cancelled tasks are refused.",
+    )
+    parser.add_argument("task_id", metavar="TASK")
+    parser.add_argument("--reason", default=DEFAULT_REASON, help="why (shown to every site)")
+    parser.add_argument("--sign-key", type=Path, metavar="KEY", help="SSH private key to sign with")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_location_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    registry = open_registry(args)
+    cancelled = registry.cancel(
+        args.task_id,
+        reason=args.reason,
+        sign_key=args.sign_key,
+        on_retry=lambda attempt, why: warn(f"push attempt {attempt}: {why}"),
+    )
+    if args.json:
+        print_json(asdict(cancelled))
+        return 0
+    if not cancelled.signed:
+        warn(
+            "the cancellation is not signed: sites that require signed tasks may ignore it. "
+            "Set git's gpg.format=ssh and user.signingkey, or pass --sign-key KEY."
+        )
+    signed = "signed" if cancelled.signed else "unsigned"
+    say(
+        f"Cancelled task {cancelled.task_id} ({signed} commit {cancelled.commit[:12]}); sites "
+        "that have not finished it will stop or skip it."
+    )
+    return 0
