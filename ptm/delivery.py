@@ -1,0 +1,321 @@
+"""Delivery of a run's files straight to a trusted third party over SFTP (the client side).
+
+This module and ``ptm.sftp_server`` are the only ones that talk SSH (paramiko); every paramiko,
+socket and file-system exception is translated here into ``DeliveryError`` naming the target's
+``host:port`` and the file, so nothing above this boundary imports paramiko.
+
+Trust is explicit: the server's host key must equal the target's ``host_key`` line exactly
+(no known_hosts file, no trust on first use), and only key types that line names are offered
+during the key exchange. Each file goes to a temporary name in its folder, its remote size is
+checked, and only then is it renamed into place, so a reader at the third party never sees a
+half-written file under its final name. Key material is never logged or put into messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import posixpath
+import secrets
+import socket
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from ptm.errors import DeliveryError
+from ptm.names import is_valid_name
+from ptm.siteconfig import SftpTarget
+
+CONNECT_TIMEOUT = 15.0  # seconds for TCP connect, SSH banner, key exchange and login
+IO_TIMEOUT = 60.0  # seconds without an answer to one SFTP request
+CHUNK_BYTES = 256 * 1024
+PART_PREFIX = ".ptm-part-"  # temporary upload names start with this
+
+# Host key algorithms a client may negotiate for each public key type it was told to expect.
+_HOST_KEY_ALGORITHMS = {
+    "ssh-ed25519": ("ssh-ed25519",),
+    "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256"),
+    "ecdsa-sha2-nistp256": ("ecdsa-sha2-nistp256",),
+    "ecdsa-sha2-nistp384": ("ecdsa-sha2-nistp384",),
+    "ecdsa-sha2-nistp521": ("ecdsa-sha2-nistp521",),
+}
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An SSH public key as written in an ``authorized_keys`` line: type and wire blob."""
+
+    key_type: str
+    blob: bytes
+
+    @classmethod
+    def parse(cls, line: str) -> PublicKey:
+        """``"ssh-ed25519 AAAA… [comment]"``; ValueError saying what is wrong otherwise."""
+        fields = line.split()
+        if len(fields) < 2:
+            raise ValueError("expected '<type> <base64 key> [comment]'")
+        key_type, encoded = fields[0], fields[1]
+        if key_type not in _HOST_KEY_ALGORITHMS:
+            known = ", ".join(_HOST_KEY_ALGORITHMS)
+            raise ValueError(f"unsupported key type {key_type!r} (supported: {known})")
+        try:
+            blob = base64.b64decode(encoded, validate=True)
+            paramiko.PKey.from_type_string(key_type, blob)  # refuses a blob of another type
+        except (binascii.Error, paramiko.SSHException, ValueError, TypeError) as exc:
+            raise ValueError(f"the {key_type} key is not valid base64 key data") from exc
+        return cls(key_type, blob)
+
+    @classmethod
+    def of(cls, key: paramiko.PKey) -> PublicKey:
+        return cls(key.get_name(), key.asbytes())
+
+    @property
+    def line(self) -> str:
+        return f"{self.key_type} {base64.b64encode(self.blob).decode('ascii')}"
+
+    @property
+    def fingerprint(self) -> str:
+        """OpenSSH's ``SHA256:…`` fingerprint, safe to show (it is of a public key)."""
+        digest = base64.b64encode(hashlib.sha256(self.blob).digest()).decode("ascii")
+        return f"SHA256:{digest.rstrip('=')}"
+
+    def matches(self, key: paramiko.PKey) -> bool:
+        return key.get_name() == self.key_type and hmac.compare_digest(key.asbytes(), self.blob)
+
+
+@dataclass(frozen=True)
+class DeliveredFile:
+    """One delivered file; the fields match a ``status.yaml`` ``outputs`` entry."""
+
+    path: str  # relative to the delivered folder, "/"-separated
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DeliveryReceipt:
+    target: str
+    host: str
+    port: int
+    remote_dir: str  # where the files went, as the server's account sees it
+    files: tuple[DeliveredFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(delivered.bytes for delivered in self.files)
+
+
+def deliver_files(target: SftpTarget, files: Path, remote_subdir: str) -> DeliveryReceipt:
+    """Upload every regular file below ``files`` to ``target.path/remote_subdir/…``.
+
+    ``remote_subdir`` is made of names (``<task>/<site>``). Symlinks and special files below
+    ``files`` are refused before anything is sent. Raises DeliveryError on any failure.
+    """
+    remote_dir = _remote_dir(target, remote_subdir)
+    relative_paths = local_files(files)
+    expected = _expected_host_key(target)
+    client_key = _load_client_key(target)
+    with _session(target, expected, client_key) as sftp:
+        _make_folders(sftp, target, remote_dir, relative_paths)
+        delivered = tuple(
+            _upload(sftp, target, files, relative, remote_dir) for relative in relative_paths
+        )
+    return DeliveryReceipt(target.name, target.host, target.port, remote_dir, delivered)
+
+
+def local_files(folder: Path) -> tuple[str, ...]:
+    """Relative paths of the regular files below ``folder``, sorted; DeliveryError on others."""
+    found: list[str] = []
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            entries = list(os.scandir(folder / relative))
+        except OSError as exc:
+            raise DeliveryError(f"{folder / relative}: cannot list: {exc.strerror}") from exc
+        for entry in entries:
+            name = posixpath.join(relative, entry.name) if relative else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(name)
+            elif entry.is_file(follow_symlinks=False):
+                found.append(name)
+            else:
+                message = "is not a regular file or folder; only regular files are delivered"
+                raise DeliveryError(f"{folder / name}: {message}")
+    return tuple(sorted(found))
+
+
+def _remote_dir(target: SftpTarget, remote_subdir: str) -> str:
+    parts = remote_subdir.split("/")
+    if not all(is_valid_name(part) for part in parts):
+        raise DeliveryError(f"{remote_subdir!r}: a delivery folder must be made of valid names")
+    return posixpath.join(target.path, *parts)
+
+
+def _expected_host_key(target: SftpTarget) -> PublicKey:
+    try:
+        return PublicKey.parse(target.host_key)
+    except ValueError as exc:
+        raise DeliveryError(f"SFTP target {target.name!r}: host_key: {exc}") from exc
+
+
+def _load_client_key(target: SftpTarget) -> paramiko.PKey:
+    where = f"SFTP target {target.name!r}: key file {target.key}"
+    try:
+        return paramiko.PKey.from_path(target.key)
+    except paramiko.PasswordRequiredException as exc:
+        raise DeliveryError(f"{where} needs a passphrase; use a key without one") from exc
+    except OSError as exc:
+        raise DeliveryError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    except (paramiko.SSHException, ValueError, TypeError) as exc:
+        message = "is not a private key ptm can read (OpenSSH ed25519, ECDSA or RSA)"
+        raise DeliveryError(f"{where} {message}") from exc
+
+
+@contextmanager
+def _translated(target: SftpTarget, doing: str) -> Iterator[None]:
+    """Turn paramiko, socket and OS errors into DeliveryError naming host:port and the step."""
+    try:
+        yield
+    except paramiko.AuthenticationException as exc:
+        message = f"the server refused user {target.user!r} with key {target.key}"
+        raise DeliveryError(_describe(target, doing, message)) from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise DeliveryError(_describe(target, doing, str(exc) or type(exc).__name__)) from exc
+
+
+def _describe(target: SftpTarget, doing: str, reason: str) -> str:
+    return f"SFTP target {target.name!r} ({target.host}:{target.port}): {doing}: {reason}"
+
+
+@contextmanager
+def _session(
+    target: SftpTarget, expected: PublicKey, client_key: paramiko.PKey
+) -> Iterator[paramiko.SFTPClient]:
+    transport = _connect(target, expected, client_key)
+    try:
+        with _translated(target, "opening the SFTP session"):
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            if sftp is None:
+                raise paramiko.SSHException("the server refused the sftp subsystem")
+            sftp.get_channel().settimeout(IO_TIMEOUT)  # type: ignore[union-attr]  # set above
+        try:
+            yield sftp
+        finally:
+            sftp.close()
+    finally:
+        transport.close()
+
+
+def _connect(
+    target: SftpTarget, expected: PublicKey, client_key: paramiko.PKey
+) -> paramiko.Transport:
+    with _translated(target, "connecting"):
+        sock = socket.create_connection((target.host, target.port), timeout=CONNECT_TIMEOUT)
+    try:
+        transport = paramiko.Transport(sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        transport.banner_timeout = CONNECT_TIMEOUT
+        transport.handshake_timeout = CONNECT_TIMEOUT
+        transport.auth_timeout = CONNECT_TIMEOUT
+        transport.get_security_options().key_types = _HOST_KEY_ALGORITHMS[expected.key_type]
+        with _translated(target, f"key exchange (expecting a {expected.key_type} host key)"):
+            transport.start_client(timeout=CONNECT_TIMEOUT)
+        _check_host_key(target, expected, transport.get_remote_server_key())
+        with _translated(target, "logging in"):
+            transport.auth_publickey(target.user, client_key)
+            if not transport.is_authenticated():
+                raise paramiko.AuthenticationException("more authentication required")
+    except BaseException:
+        transport.close()
+        raise
+    return transport
+
+
+def _check_host_key(target: SftpTarget, expected: PublicKey, presented: paramiko.PKey) -> None:
+    if expected.matches(presented):
+        return
+    found = PublicKey.of(presented)
+    message = (
+        f"the server's host key ({found.key_type} {found.fingerprint}) is not the host_key "
+        f"configured for this target ({expected.fingerprint}); refusing to connect"
+    )
+    raise DeliveryError(_describe(target, "checking the host key", message))
+
+
+def _make_folders(
+    sftp: paramiko.SFTPClient, target: SftpTarget, remote_dir: str, relative_paths: tuple[str, ...]
+) -> None:
+    wanted = {remote_dir}
+    wanted.update(posixpath.join(remote_dir, posixpath.dirname(p)) for p in relative_paths)
+    made: set[str] = set()
+    for folder in sorted(wanted):
+        for step in _folder_steps(folder):
+            if step not in made:
+                _make_folder(sftp, target, step)
+                made.add(step)
+
+
+def _folder_steps(folder: str) -> list[str]:
+    """``/a/./b/`` → ``["/a", "/a/b"]``; ``a/b`` → ``["a", "a/b"]``."""
+    prefix = "/" if folder.startswith("/") else ""
+    parts = [part for part in folder.split("/") if part not in ("", ".")]
+    return [prefix + "/".join(parts[: index + 1]) for index in range(len(parts))]
+
+
+def _make_folder(sftp: paramiko.SFTPClient, target: SftpTarget, folder: str) -> None:
+    with _translated(target, f"creating folder {folder}"):
+        try:
+            mode = sftp.stat(folder).st_mode
+        except FileNotFoundError:
+            sftp.mkdir(folder)
+            return
+        if mode is None or not stat.S_ISDIR(mode):
+            raise NotADirectoryError(f"{folder} exists and is not a folder")
+
+
+def _upload(
+    sftp: paramiko.SFTPClient, target: SftpTarget, files: Path, relative: str, remote_dir: str
+) -> DeliveredFile:
+    local, remote = files / relative, posixpath.join(remote_dir, relative)
+    partial = posixpath.join(posixpath.dirname(remote), PART_PREFIX + secrets.token_hex(8))
+    try:
+        with _translated(target, f"uploading {local} to {remote}"):
+            size, sha256 = _send(sftp, local, partial)
+            remote_size = sftp.stat(partial).st_size
+            if remote_size != size:
+                raise OSError(f"the server holds {remote_size} bytes, {size} were sent")
+            sftp.posix_rename(partial, remote)
+    except BaseException:
+        _remove_quietly(sftp, partial)
+        raise
+    return DeliveredFile(relative, size, sha256)
+
+
+def _send(sftp: paramiko.SFTPClient, local: Path, remote: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    descriptor = os.open(local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as source, sftp.open(remote, "wb") as sink:
+        sink.set_pipelined(True)  # errors (quota, size limit) still surface, at close at latest
+        while chunk := source.read(CHUNK_BYTES):
+            sink.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _remove_quietly(sftp: paramiko.SFTPClient, remote: str) -> None:
+    # the upload already failed; that error is the one worth reporting
+    with suppress(OSError, paramiko.SSHException, EOFError):
+        sftp.remove(remote)

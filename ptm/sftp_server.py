@@ -1,0 +1,631 @@
+"""The trusted third party's SFTP service (``ptm sftp serve``): config, jail, quota and server.
+
+Sites log in with their account's public key only. Each account is jailed to ``root/<account>/``:
+every path a client names is split into names, ``..`` is refused, and the folders are walked one
+``openat`` at a time with ``O_NOFOLLOW``, so neither a ``..`` nor a symlink planted in the jail
+(by anyone) leads outside it; symlinks are never followed, created or read. Clients may create
+folders, write, rename, remove, list and stat their own files. ``max_file_bytes`` and the
+account's ``quota_bytes`` (counting what the folder already held at start) are enforced on every
+write: a write beyond either fails and stores nothing.
+
+The host key is created on first start if missing (ed25519, OpenSSH format, mode 0600) and kept;
+a key file that others can read is refused, as sshd does.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import posixpath
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ParamSpec, TypeVar
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jsonschema import Draft202012Validator
+
+from ptm.delivery import PublicKey
+from ptm.errors import ConfigError, DeliveryError, InvalidDocument, Problem
+from ptm.schema import describe_error, error_sort_key, load_yaml_file
+
+DEFAULT_MAX_FILE_BYTES = 1024**3
+DEFAULT_QUOTA_BYTES = 10 * 1024**3
+LOGIN_GRACE = 30.0  # seconds a connection may take to log in
+ACCEPT_POLL = 0.5  # seconds between checks for stop() while waiting for connections
+
+log = logging.getLogger("ptm.sftp")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SftpAccount:
+    name: str
+    public_key: PublicKey
+    quota_bytes: int = DEFAULT_QUOTA_BYTES
+
+
+@dataclass(frozen=True)
+class SftpServiceConfig:
+    host: str
+    port: int
+    host_key: Path
+    root: Path
+    accounts: Mapping[str, SftpAccount] = field(default_factory=dict, hash=False)
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "accounts", MappingProxyType(dict(self.accounts)))
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def load_sftp_config(path: Path) -> SftpServiceConfig:
+    """Load and check ``path``; InvalidDocument or ConfigError list every problem found."""
+    source = str(path)
+    document = load_yaml_file(path, source=source)
+    return sftp_config_from_document(document, source=source, base_dir=path.parent)
+
+
+def sftp_config_from_document(
+    document: Mapping[str, Any], *, source: str, base_dir: Path
+) -> SftpServiceConfig:
+    errors = sorted(_schema_validator().iter_errors(document), key=error_sort_key)
+    problems = [problem for error in errors for problem in describe_error(error, source=source)]
+    if problems:
+        raise InvalidDocument(problems)
+    host, port = _split_listen(document["listen"])
+    if port > 65535:
+        problems.append(Problem(source, "listen", "port", f"port {port} is above 65535"))
+    accounts = {}
+    for name, entry in document["accounts"].items():
+        try:
+            key = PublicKey.parse(entry["public_key"])
+        except ValueError as exc:
+            problems.append(Problem(source, f"accounts.{name}.public_key", "public-key", str(exc)))
+            continue
+        accounts[name] = SftpAccount(name, key, entry.get("quota_bytes", DEFAULT_QUOTA_BYTES))
+    if problems:
+        raise ConfigError("\n".join(str(problem) for problem in problems))
+    base = base_dir.absolute()
+    return SftpServiceConfig(
+        host=host,
+        port=port,
+        host_key=Path(os.path.normpath(base / document["host_key"])),
+        root=Path(os.path.normpath(base / document["root"])),
+        accounts=accounts,
+        max_file_bytes=document.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES),
+    )
+
+
+@functools.cache
+def _schema_validator() -> Draft202012Validator:
+    text = resources.files("ptm.schemas").joinpath("sftp.schema.json").read_text("utf-8")
+    return Draft202012Validator(json.loads(text))
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def load_or_create_host_key(path: Path) -> paramiko.PKey:
+    """The service's private host key; a new ed25519 key is written (0600) when none exists."""
+    if not path.exists():
+        _create_host_key(path)
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(f"{path}: host key is readable by others; run chmod 600 {path}")
+        return paramiko.PKey.from_path(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read host key: {exc.strerror or exc}") from exc
+    except (paramiko.SSHException, ValueError, TypeError) as exc:
+        message = "is not an unencrypted OpenSSH ed25519, ECDSA or RSA private key"
+        raise ConfigError(f"{path}: host key {message}") from exc
+
+
+def _create_host_key(path: Path) -> None:
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return  # another start made it first; keep that one
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create host key: {exc.strerror}") from exc
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# -- jail and quota -----------------------------------------------------------------------------
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Jail:
+    """One account's folder. Paths are resolved inside it, never through ``..`` or a symlink."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @staticmethod
+    def names(path: str) -> list[str]:
+        names = [name for name in path.split("/") if name not in ("", ".")]
+        if any(name == ".." or "\0" in name for name in names):
+            raise PermissionError(errno.EACCES, f"{path!r}: '..' is not allowed")
+        return names
+
+    @contextmanager
+    def folder_of(self, path: str) -> Iterator[tuple[int, str]]:
+        """An open descriptor of the folder that holds ``path``, and ``path``'s last name."""
+        names = self.names(path)
+        folder = os.open(self.root, _DIRECTORY)
+        try:
+            for name in names[:-1]:
+                inner = os.open(name, _DIRECTORY, dir_fd=folder)
+                os.close(folder)
+                folder = inner
+            yield folder, names[-1] if names else "."
+        finally:
+            os.close(folder)
+
+    @contextmanager
+    def opened_folder(self, path: str) -> Iterator[int]:
+        with self.folder_of(path) as (folder, name):
+            descriptor = os.open(name, _DIRECTORY, dir_fd=folder)
+        try:
+            yield descriptor
+        finally:
+            os.close(descriptor)
+
+
+def regular_file_bytes(folder: int, name: str) -> int:
+    """Size of ``name`` in ``folder`` when it is a regular file, else 0 (never follows links)."""
+    try:
+        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
+def stored_bytes(root: Path) -> int:
+    """Bytes held by the regular files below ``root``, not following symlinks."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        total += sum(regular_file_bytes_at(Path(folder) / name) for name in files)
+    return total
+
+
+def regular_file_bytes_at(path: Path) -> int:
+    info = path.lstat()
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
+class Usage:
+    """Bytes one account holds, shared by all its sessions; thread-safe."""
+
+    def __init__(self, quota_bytes: int, used_bytes: int) -> None:
+        self.quota_bytes = quota_bytes
+        self.used_bytes = used_bytes
+        self._lock = threading.Lock()
+
+    def reserve(self, amount: int) -> bool:
+        with self._lock:
+            if self.used_bytes + amount > self.quota_bytes:
+                return False
+            self.used_bytes += amount
+            return True
+
+    def release(self, amount: int) -> None:
+        with self._lock:
+            self.used_bytes = max(0, self.used_bytes - amount)
+
+
+@dataclass(frozen=True)
+class AccountSession:
+    """What an SFTP session of one logged-in account may touch."""
+
+    account: str
+    jail: Jail
+    usage: Usage
+    max_file_bytes: int
+
+
+# -- SFTP ---------------------------------------------------------------------------------------
+
+
+def _sftp_code(exc: OSError) -> int:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return paramiko.sftp.SFTP_NO_SUCH_FILE
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.ELOOP):
+        return paramiko.sftp.SFTP_PERMISSION_DENIED
+    return paramiko.sftp.SFTP_FAILURE
+
+
+def _answering_errors(method: Callable[_P, _R]) -> Callable[_P, _R | int]:
+    """OSError from ``method`` becomes the SFTP status code the client receives."""
+
+    @functools.wraps(method)
+    def answer(*args: _P.args, **kwargs: _P.kwargs) -> _R | int:
+        try:
+            return method(*args, **kwargs)
+        except OSError as exc:
+            log.debug("refused %s: %s", method.__name__, exc)
+            return _sftp_code(exc)
+
+    return answer
+
+
+class JailedFile(paramiko.SFTPHandle):
+    """An open file of one account; writes are checked against the size limit and quota."""
+
+    def __init__(self, descriptor: int, path: str, session: AccountSession) -> None:
+        super().__init__()
+        self.descriptor = descriptor
+        self.path = path
+        self.session = session
+
+    @_answering_errors
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.descriptor, length, offset)
+
+    @_answering_errors
+    def write(self, offset: int, data: Any) -> int:  # ReadableBuffer in the stubs
+        chunk = memoryview(data)
+        end = offset + len(chunk)
+        if end > self.session.max_file_bytes:
+            return self._refuse(f"would exceed max_file_bytes ({self.session.max_file_bytes})")
+        growth = max(0, end - os.fstat(self.descriptor).st_size)
+        if not self.session.usage.reserve(growth):
+            return self._refuse(f"would exceed the quota ({self.session.usage.quota_bytes} bytes)")
+        try:
+            while chunk:
+                done = os.pwrite(self.descriptor, chunk, offset)
+                chunk, offset = chunk[done:], offset + done
+        except OSError:
+            self.session.usage.release(growth)
+            raise
+        return paramiko.sftp.SFTP_OK
+
+    def _refuse(self, reason: str) -> int:
+        log.warning(
+            "account %s: refused a write to %s: %s", self.session.account, self.path, reason
+        )
+        return paramiko.sftp.SFTP_FAILURE
+
+    @_answering_errors
+    def stat(self) -> paramiko.SFTPAttributes:
+        return paramiko.SFTPAttributes.from_stat(os.fstat(self.descriptor))
+
+    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
+        return paramiko.sftp.SFTP_OP_UNSUPPORTED
+
+    def close(self) -> None:
+        if self.descriptor >= 0:
+            os.close(self.descriptor)
+            self.descriptor = -1
+            log.debug("account %s: closed %s", self.session.account, self.path)
+
+
+class JailedSftp(paramiko.SFTPServerInterface):
+    """SFTP requests of one logged-in account, answered inside its jail."""
+
+    def __init__(self, server: paramiko.ServerInterface, *args: Any, **kwargs: Any) -> None:
+        super().__init__(server)
+        if not isinstance(server, Gate):
+            raise TypeError("JailedSftp serves sessions that passed a Gate")
+        self.session = server.account_session()
+        self.jail = self.session.jail
+
+    @_answering_errors
+    def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> paramiko.SFTPHandle:
+        flags = (flags & ~os.O_APPEND) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        with self.jail.folder_of(path) as (folder, name):
+            truncated = regular_file_bytes(folder, name) if flags & os.O_TRUNC else 0
+            descriptor = os.open(name, flags, 0o600, dir_fd=folder)
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise PermissionError(errno.EACCES, f"{path}: not a regular file")
+        self.session.usage.release(truncated)
+        return JailedFile(descriptor, path, self.session)
+
+    @_answering_errors
+    def list_folder(self, path: str) -> list[paramiko.SFTPAttributes]:
+        with self.jail.opened_folder(path) as folder, os.scandir(folder) as entries:
+            return [
+                paramiko.SFTPAttributes.from_stat(entry.stat(follow_symlinks=False), entry.name)
+                for entry in entries
+            ]
+
+    @_answering_errors
+    def stat(self, path: str) -> paramiko.SFTPAttributes:
+        with self.jail.folder_of(path) as (folder, name):  # lstat: links are never followed
+            info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        return paramiko.SFTPAttributes.from_stat(info, posixpath.basename(path))
+
+    def lstat(self, path: str) -> paramiko.SFTPAttributes | int:
+        return self.stat(path)
+
+    @_answering_errors
+    def remove(self, path: str) -> int:
+        with self.jail.folder_of(path) as (folder, name):
+            size = regular_file_bytes(folder, name)
+            os.unlink(name, dir_fd=folder)
+        self.session.usage.release(size)
+        return paramiko.sftp.SFTP_OK
+
+    def rename(self, oldpath: str, newpath: str) -> int:
+        return self._rename(oldpath, newpath, replace=False)
+
+    def posix_rename(self, oldpath: str, newpath: str) -> int:
+        return self._rename(oldpath, newpath, replace=True)
+
+    @_answering_errors
+    def _rename(self, oldpath: str, newpath: str, *, replace: bool) -> int:
+        with (
+            self.jail.folder_of(oldpath) as (old, old_name),
+            self.jail.folder_of(newpath) as (new, new_name),
+        ):
+            replaced = regular_file_bytes(new, new_name)
+            if not replace and _exists(new, new_name):
+                raise FileExistsError(errno.EEXIST, f"{newpath} exists")
+            os.rename(old_name, new_name, src_dir_fd=old, dst_dir_fd=new)
+        self.session.usage.release(replaced)
+        log.info("account %s: stored %s", self.session.account, self.canonicalize(newpath))
+        return paramiko.sftp.SFTP_OK
+
+    @_answering_errors
+    def mkdir(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        with self.jail.folder_of(path) as (folder, name):
+            os.mkdir(name, 0o700, dir_fd=folder)
+        return paramiko.sftp.SFTP_OK
+
+    @_answering_errors
+    def rmdir(self, path: str) -> int:
+        with self.jail.folder_of(path) as (folder, name):
+            os.rmdir(name, dir_fd=folder)
+        return paramiko.sftp.SFTP_OK
+
+    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        return paramiko.sftp.SFTP_OP_UNSUPPORTED
+
+    def canonicalize(self, path: str) -> str:
+        """The path as the account sees it; lexical only (``..`` cannot climb above ``/``)."""
+        names = [name for name in posixpath.normpath("/" + path).split("/") if name]
+        return "/" + "/".join(names)
+
+    def readlink(self, path: str) -> str | int:
+        return paramiko.sftp.SFTP_OP_UNSUPPORTED
+
+    def symlink(self, target_path: str, path: str) -> int:
+        return paramiko.sftp.SFTP_OP_UNSUPPORTED
+
+
+def _exists(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class Gate(paramiko.ServerInterface):
+    """One connection's SSH decisions: public-key login per account, sftp sessions only."""
+
+    def __init__(
+        self,
+        sessions: Mapping[str, AccountSession],
+        accounts: Mapping[str, SftpAccount],
+        transport: paramiko.Transport,
+        peer: str,
+    ) -> None:
+        self.sessions = sessions
+        self.accounts = accounts
+        self.transport = transport
+        self.peer = peer
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        account = self.accounts.get(username)
+        if account is not None and account.public_key.matches(key):
+            return paramiko.common.AUTH_SUCCESSFUL  # paramiko then checks the signature
+        log.warning(
+            "refused key %s for user %r from %s", PublicKey.of(key).fingerprint, username, self.peer
+        )
+        return paramiko.common.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == "session":
+            return paramiko.common.OPEN_SUCCEEDED
+        return paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
+        return name == "sftp" and super().check_channel_subsystem_request(channel, name)
+
+    def account_session(self) -> AccountSession:
+        username = self.transport.get_username()
+        if not self.transport.is_authenticated() or username is None:
+            raise PermissionError(errno.EACCES, "not logged in")
+        if username not in self.sessions:
+            raise PermissionError(errno.EACCES, "not logged in")
+        log.info("account %s logged in from %s", username, self.peer)
+        return self.sessions[username]
+
+
+# -- the service --------------------------------------------------------------------------------
+
+
+class SftpService:
+    """``SftpService(config).start()`` returns the bound port; ``stop()`` ends every session."""
+
+    def __init__(self, config: SftpServiceConfig) -> None:
+        self.config = config
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._transports: set[paramiko.Transport] = set()
+        self._threads: set[threading.Thread] = set()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._host_key: paramiko.PKey | None = None
+        self._sessions: dict[str, AccountSession] = {}
+
+    @property
+    def host_key(self) -> PublicKey:
+        """The public host key, for sites' ``sftp_targets.<name>.host_key``."""
+        if self._host_key is None:
+            raise RuntimeError("the service has not started")
+        return PublicKey.of(self._host_key)
+
+    @property
+    def port(self) -> int:
+        if self._listener is None:
+            raise RuntimeError("the service has not started")
+        return int(self._listener.getsockname()[1])
+
+    def start(self) -> int:
+        self._host_key = load_or_create_host_key(self.config.host_key)
+        self._sessions = self._prepare_accounts()
+        self._listener = _listen(self.config.host, self.config.port)
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name="ptm-sftp-accept", daemon=True
+        )
+        self._acceptor.start()
+        log.info("listening on %s (host key %s)", self.config.listen, self.host_key.fingerprint)
+        return self.port
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._acceptor is not None:
+            self._acceptor.join()
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            transports, threads = list(self._transports), list(self._threads)
+        for transport in transports:
+            transport.close()
+        for thread in threads:
+            thread.join(timeout=10)
+
+    def __enter__(self) -> SftpService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._acceptor is not None and self._acceptor.is_alive()
+
+    def _prepare_accounts(self) -> dict[str, AccountSession]:
+        root = self.config.root
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            sessions = {}
+            for name, account in self.config.accounts.items():
+                folder = root / name
+                folder.mkdir(mode=0o700, exist_ok=True)
+                usage = Usage(account.quota_bytes, stored_bytes(folder))
+                sessions[name] = AccountSession(
+                    name, Jail(folder), usage, self.config.max_file_bytes
+                )
+        except OSError as exc:
+            raise ConfigError(f"{root}: cannot prepare the account folders: {exc}") from exc
+        return sessions
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                connection, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:  # out of descriptors, for example: keep serving the others
+                log.error("cannot accept a connection: %s", exc)
+                time.sleep(ACCEPT_POLL)
+                continue
+            self._spawn(connection, f"{address[0]}:{address[1]}")
+
+    def _spawn(self, connection: socket.socket, peer: str) -> None:
+        thread = threading.Thread(
+            target=self._serve, args=(connection, peer), name=f"ptm-sftp {peer}", daemon=True
+        )
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _serve(self, connection: socket.socket, peer: str) -> None:
+        transport = paramiko.Transport(connection)
+        with self._lock:
+            self._transports.add(transport)
+        try:
+            assert self._host_key is not None
+            transport.add_server_key(self._host_key)
+            transport.set_subsystem_handler("sftp", paramiko.SFTPServer, JailedSftp)
+            gate = Gate(self._sessions, self.config.accounts, transport, peer)
+            transport.start_server(server=gate)
+            self._watch(transport)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            log.info("connection from %s ended: %s", peer, exc)
+        finally:
+            transport.close()
+            with self._lock:
+                self._transports.discard(transport)
+                self._threads.discard(threading.current_thread())
+
+    def _watch(self, transport: paramiko.Transport) -> None:
+        deadline = time.monotonic() + LOGIN_GRACE
+        channels = []  # held: paramiko closes a channel once nothing refers to it
+        while transport.is_active() and not self._stopping.is_set():
+            if not transport.is_authenticated() and time.monotonic() > deadline:
+                return
+            channel = transport.accept(timeout=ACCEPT_POLL)  # sessions run in their own threads
+            if channel is not None:
+                channels.append(channel)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind)
+    except OSError as exc:
+        raise DeliveryError(f"cannot listen on {where}: {exc}") from exc
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(64)
+        listener.settimeout(ACCEPT_POLL)
+    except OSError as exc:
+        listener.close()
+        raise DeliveryError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    return listener
