@@ -10,6 +10,7 @@ from ptm.commands import (
     policy_cmd,
     registry_cmd,
     results_cmd,
+    sftp_cmd,
     status_cmd,
     task_cmd,
     validate_cmd,
@@ -24,4 +25,5 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     status_cmd,
     results_cmd,
     cancel_cmd,
+    sftp_cmd,
 )
