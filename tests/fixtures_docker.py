@@ -131,14 +131,16 @@ class ImageRegistry:
     address: str
     client: docker.DockerClient
 
-    def push(self, name: str, *, tag: str = "latest", keep_local: bool = False) -> str:
-        """Push the test image as ``ADDRESS/name:tag``; return ``ADDRESS/name@sha256:…``.
+    def push(
+        self, name: str, *, tag: str = "latest", source: str = TEST_IMAGE, keep_local: bool = False
+    ) -> str:
+        """Push image ``source`` as ``ADDRESS/name:tag``; return ``ADDRESS/name@sha256:…``.
 
         Unless ``keep_local``, the engine forgets the pushed names again, so that using them
         means a real pull.
         """
         repository = f"{self.address}/{name}"
-        self.client.images.get(TEST_IMAGE).tag(repository, tag)
+        self.client.images.get(source).tag(repository, tag)
         digest = ""
         for line in self.client.api.push(repository, tag=tag, stream=True, decode=True):
             if "error" in line:
