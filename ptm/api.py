@@ -338,6 +338,8 @@ def cancel_task(
     refs = RegistryRefs(remote, branch)
     repo.run("fetch", "--quiet", "--no-tags", remote, refs.refspecs()[0])
     _check_cancellable(repo, refs, task_id)
+    if repo.is_ancestor("HEAD", refs.tasks_ref):  # a clone that is merely behind: catch up
+        repo.run("merge", "--quiet", "--ff-only", refs.tasks_ref)
     requested_by = repo.config_value("user.email")
     document: dict[str, Any] = {"ptm": 1, "reason": reason}
     if requested_by:
