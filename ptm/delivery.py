@@ -275,13 +275,25 @@ def _folder_steps(folder: str) -> list[str]:
 
 def _make_folder(sftp: paramiko.SFTPClient, target: SftpTarget, folder: str) -> None:
     with _translated(target, f"creating folder {folder}"):
-        try:
-            mode = sftp.stat(folder).st_mode
-        except FileNotFoundError:
-            sftp.mkdir(folder)
-            return
-        if mode is None or not stat.S_ISDIR(mode):
+        mode = _mode(sftp, folder)
+        if mode is None:
+            try:
+                sftp.mkdir(folder)
+                return
+            except OSError:  # another delivery may have made it meanwhile
+                mode = _mode(sftp, folder)
+                if mode is None:
+                    raise
+        if not stat.S_ISDIR(mode):
             raise NotADirectoryError(f"{folder} exists and is not a folder")
+
+
+def _mode(sftp: paramiko.SFTPClient, path: str) -> int | None:
+    """The mode of ``path`` (never following a symlink on ptm's server), None when missing."""
+    try:
+        return sftp.stat(path).st_mode or 0
+    except FileNotFoundError:
+        return None
 
 
 def _upload(
