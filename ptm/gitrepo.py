@@ -41,7 +41,7 @@ class SignatureCheck:
         meanings = {
             "G": "good signature",
             "B": "bad signature",
-            "U": "good signature from an unknown validity key",
+            "U": "signed by a key that is not in the allowed signers file",
             "X": "good signature that has expired",
             "Y": "good signature made by an expired key",
             "R": "good signature made by a revoked key",

@@ -161,7 +161,7 @@ def test_key_not_in_allowed_signers_is_refused(
     empty = tmp_path / "nobody"
     empty.write_text("")
     code, out = explain(tmp_path, bare_registry, empty, "stranger", capsys)
-    assert code == 1 and "cannot be checked" in out
+    assert code == 1 and "not in the allowed signers file" in out
 
 
 def test_merge_commit_bringing_in_signed_commits_is_fine(

@@ -73,14 +73,16 @@ def test_submit_signed_lands_on_remote(
 
 
 def test_submit_uses_gits_own_signing_config(
-    bare_registry: Path, registry_clone: Path, alice: SigningKey
+    bare_registry: Path, registry_clone: Path, alice: SigningKey, tmp_path: Path
 ) -> None:
     git(registry_clone, "config", "gpg.format", "ssh")
     git(registry_clone, "config", "user.signingkey", str(alice.private))
     assert new_task(registry_clone, "t1") == 0
     assert main(["task", "submit", "t1", "--registry", str(registry_clone)]) == 0
-    assert git(bare_registry, "log", "-1", "--format=%G?", "main") in {"G", "U", "E"}
-    assert "gpgsig" in git(bare_registry, "cat-file", "-p", "main")
+    signers = write_allowed_signers(tmp_path / "allowed", alice)
+    shown = git(bare_registry, "-c", f"gpg.ssh.allowedSignersFile={signers}",
+                "log", "-1", "--format=%G?%x20%GS", "main")
+    assert shown == "G alice@uni.example"
 
 
 def test_submit_unsigned_warns(registry_clone: Path, capsys: pytest.CaptureFixture[str]) -> None:
