@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -517,8 +517,10 @@ class SftpService:
             target=self._accept_loop, name="ptm-sftp-accept", daemon=True
         )
         self._acceptor.start()
-        log.info("listening on %s (host key %s)", self.config.listen, self.host_key.fingerprint)
-        return self.port
+        port = self.port
+        listen = replace(self.config, port=port).listen
+        log.info("listening on %s (host key %s)", listen, self.host_key.fingerprint)
+        return port
 
     def stop(self) -> None:
         self._stopping.set()
