@@ -42,7 +42,7 @@ def test_task_runs_and_its_result_arrives_on_the_site_branch(
 
     report = agent.once()
 
-    assert report.new_tasks == 1 and report.pushed
+    assert report.started == 1 and report.pushed
     status = remote_status(bare_registry, "first")
     assert status is not None
     assert status["state"] == "completed", status
@@ -222,8 +222,11 @@ def test_rewritten_tasks_branch_halts_the_agent(
     agent = site_agent(tmp_path, "hospital-a", bare_registry)
     agent.once()
     git(researcher.work, "reset", "-q", "--hard", "HEAD~1")
-    researcher.commit_file("tasks/sneaky/task.yaml",
-                           "ptm: 1\nimage: ptm-test/busybox:latest\nsites: ['*']\n", "x")
+    sneaky = researcher.work / "tasks" / "sneaky"
+    sneaky.mkdir()
+    (sneaky / "task.yaml").write_text("ptm: 1\nimage: ptm-test/busybox:latest\nsites: ['*']\n")
+    git(researcher.work, "add", "tasks/sneaky")
+    git(researcher.work, "commit", "-q", "-m", "history rewritten under the sites' feet")
     git(researcher.work, "push", "-q", "--force", "origin", "HEAD:main")
     agent.once()
     assert remote_status(bare_registry, "sneaky") is None

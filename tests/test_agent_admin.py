@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ptm.decisions import held_dir
 from ptm.main import main
 from tests.agent_support import Researcher, remote_file, remote_status, site_agent
 from tests.agent_support import states_in_history, write_site_config
@@ -98,13 +99,17 @@ def test_manual_release_holds_outputs_until_released(
 def test_withheld_results_never_leave(
     bare_registry: Path, tmp_path: Path, docker_client: object
 ) -> None:
-    Researcher(bare_registry, tmp_path / "r").submit("secret", "echo row1 > /ptm/output/rows")
+    Researcher(bare_registry, tmp_path / "r").submit("secret", "expr 1234 \\* 2 > /ptm/output/rows")
     agent = site_agent(tmp_path, "hospital-a", bare_registry, policy={"release": "manual"})
     config = str(tmp_path / "hospital-a.yaml")
     agent.once()
+    held = held_dir(agent.workdir, "secret")
+    assert (held / "output" / "rows").read_text() == "2468\n"
     assert admin("deny", "secret", "--reason", "contains rows", "--config", config) == 0
     agent.once()
     status = remote_status(bare_registry, "secret")
     assert status is not None and status["state"] == "denied"
-    every_blob = git(bare_registry, "log", "-p", "--all")
-    assert "row1" not in every_blob
+    published = git(bare_registry, "log", "-p", "results/hospital-a")
+    assert "contains rows" in published
+    assert "2468" not in published
+    assert not held.exists()

@@ -131,6 +131,7 @@ def run_decision(args: argparse.Namespace) -> int:
     decision = make_decision(args.task_id, args.verdict, reason=args.reason,
                              decided_by=args.decided_by)
     drop_decision(WorkDir(config.workdir), decision)
-    say(f"{args.verdict.capitalize()} task {args.task_id} as {decision.decided_by}; the agent "
-        "records it at its next cycle (or run 'ptm agent once').")
+    done = {"approve": "Approved", "deny": "Denied", "release": "Released"}[args.verdict]
+    say(f"{done} task {args.task_id} as {decision.decided_by}. The agent records the decision "
+        "on the results branch at its next cycle (or run 'ptm agent once').")
     return 0
