@@ -15,8 +15,10 @@ import pytest
 
 from ptm.errors import ContainerError, RuntimeUnavailable
 from ptm.runtimes import open_runtime
-from ptm.runtimes.base import TRUNCATION_MARKER, ContainerSpec, Mount, Outcome
-from ptm.runtimes.docker import DockerRuntime
+from ptm.runtimes.base import TRUNCATION_MARKER, ContainerSpec, LogCap, Mount, Outcome
+from ptm.runtimes.docker import DockerRuntime, seconds_since
+from ptm.runtimes.images import PullReporter, matching_repo_digest, split_reference
+from ptm.runtimes.sandbox import numeric_user
 from tests.fixtures_docker import RUN_ID, RUN_LABEL, ImageRegistry
 
 SITE = f"test-site-{RUN_ID}"
@@ -455,3 +457,83 @@ def test_cpu_limit_is_set(docker_runtime: DockerRuntime, spec: ContainerSpec) ->
     )
     quota, period = (int(n) for n in found.split())
     assert quota / period == 0.5
+
+
+# ---- pure helpers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "parts"),
+    [
+        ("busybox", ("busybox", "latest", False)),
+        ("org/stats:1.2", ("org/stats", "1.2", False)),
+        ("127.0.0.1:5000/org/stats", ("127.0.0.1:5000/org/stats", "latest", False)),
+        ("127.0.0.1:5000/org/stats:2", ("127.0.0.1:5000/org/stats", "2", False)),
+        ("org/stats@sha256:ab12", ("org/stats", "sha256:ab12", True)),
+        ("host:1/org/stats:1.2@sha256:ab12", ("host:1/org/stats", "sha256:ab12", True)),
+    ],
+)
+def test_split_reference(image: str, parts: tuple[str, str, bool]) -> None:
+    assert split_reference(image) == parts
+
+
+def test_repo_digest_matches_docker_hub_spellings_and_the_digest() -> None:
+    digests = ["busybox@sha256:aa", "127.0.0.1:5000/busybox@sha256:bb"]
+    assert matching_repo_digest(digests, "docker.io/library/busybox", None) == digests[0]
+    assert matching_repo_digest(digests, "127.0.0.1:5000/busybox", "sha256:bb") == digests[1]
+    assert matching_repo_digest(digests, "127.0.0.1:5000/busybox", "sha256:aa") is None
+    assert matching_repo_digest(digests, "other/busybox", None) is None
+
+
+def test_pull_progress_is_throttled_per_layer_and_the_digest_remembered() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    reporter = PullReporter(lines.append, every_s=5, clock=lambda: now[0])
+    for second, event in enumerate(
+        [
+            {"status": "Pulling from org/stats", "id": "1.0"},
+            {"status": "Downloading", "id": "abc", "progress": "[=> ] 1MB/9MB"},
+            {"status": "Downloading", "id": "abc", "progress": "[==> ] 2MB/9MB"},
+            {"status": "Downloading", "id": "def", "progress": "[=> ] 1MB/5MB"},
+            {"status": "Pull complete", "id": "abc"},
+            {"status": "Downloading", "id": "def", "progress": "[====> ] 5MB/5MB"},
+            {"status": "Digest: sha256:ff"},
+        ]
+    ):
+        now[0] = float(second)
+        reporter.report(event)
+    assert lines == [
+        "1.0: Pulling from org/stats",
+        "abc: Downloading [=> ] 1MB/9MB",
+        "def: Downloading [=> ] 1MB/5MB",
+        "abc: Pull complete",
+        "Digest: sha256:ff",
+    ]
+    assert reporter.digest == "sha256:ff"
+
+
+def test_log_cap_keeps_the_tail_and_says_how_much_was_dropped() -> None:
+    cap = LogCap(10)
+    for chunk in (b"0123456789", b"abcdefghij", b"KLMNO"):
+        cap.add(chunk)
+    assert cap.value() == (
+        b"[ptm] log truncated: 15 earlier bytes dropped, the last 10 follow\nfghijKLMNO"
+    )
+    short = LogCap(10)
+    short.add(b"0123456789")
+    assert short.value() == b"0123456789"
+
+
+def test_seconds_since_reads_engine_timestamps() -> None:
+    assert seconds_since("0001-01-01T00:00:00Z") == 0.0
+    assert seconds_since("not a time") == 0.0
+    minute_ago = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 60))
+    assert 59 < seconds_since(f"{minute_ago}.123456789Z") < 62
+
+
+@pytest.mark.parametrize(
+    ("user", "owner"),
+    [("65534:65534", (65534, 65534)), ("1000", (1000, -1)), ("nobody", None), ("1:x", None)],
+)
+def test_numeric_user(user: str, owner: tuple[int, int] | None) -> None:
+    assert numeric_user(user) == owner
