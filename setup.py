@@ -13,8 +13,8 @@ TEMPLATE_FILES = sorted(
 setup(
     name="ptm",
     version="0.1.0",
-    description="Personal Health Train on git: tasks in a git registry, site agents that run them in Docker",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="Personal Health Train on git: a task registry in git, site agents running Docker",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from ptm import __version__
+from ptm.decisions import AdminDecision, forget_decision, pending_decisions
 from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
-from ptm.ledger import Ledger, is_final
-from ptm.decisions import AdminDecision, forget_decision, pending_decisions
 from ptm.judgement import judge
+from ptm.ledger import Ledger, is_final
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.siteconfig import SiteConfig
 from ptm.status import State, StatusRecord, utc_now_text
@@ -26,8 +25,6 @@ from ptm.sync import TaskChange, TasksMirror
 from ptm.task import Task, load_task
 from ptm.watch import RefsWatcher, local_registry_path
 from ptm.workdir import AgentState, WorkDir
-
-log = logging.getLogger("ptm.agent")
 
 
 @dataclass(frozen=True)
@@ -47,12 +44,26 @@ class Agent:
         self.runtime = runtime
         self.workdir = WorkDir(config.workdir)
         registry = config.registry
-        self.mirror = TasksMirror(self.workdir.tasks_clone, url=registry.url,
-                                  branch=registry.branch, ssh_key=registry.ssh_key)
-        self.ledger = Ledger(self.workdir.results_clone, url=registry.url, site=config.site,
-                             ssh_key=registry.ssh_key, sign_key=config.signing_key)
-        self.execution = TaskExecution(site=config, runtime=runtime, ledger=self.ledger,
-                                       workdir=self.workdir, progress=self._pull_progress)
+        self.mirror = TasksMirror(
+            self.workdir.tasks_clone,
+            url=registry.url,
+            branch=registry.branch,
+            ssh_key=registry.ssh_key,
+        )
+        self.ledger = Ledger(
+            self.workdir.results_clone,
+            url=registry.url,
+            site=config.site,
+            ssh_key=registry.ssh_key,
+            sign_key=config.signing_key,
+        )
+        self.execution = TaskExecution(
+            site=config,
+            runtime=runtime,
+            ledger=self.ledger,
+            workdir=self.workdir,
+            progress=self._pull_progress,
+        )
         # Daemon threads: on shutdown the agent hands running containers back (they keep their
         # labels and are re-attached at the next start) instead of waiting hours for them.
         self._running: dict[str, threading.Thread] = {}
@@ -60,6 +71,7 @@ class Agent:
         self._cancel: set[str] = set()
         self._lock = threading.Lock()
         self.wakeup = threading.Event()
+        self.log = logging.getLogger(f"ptm.agent.{config.site}")
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -102,12 +114,14 @@ class Agent:
         self._apply_admin_decisions()
         state = self.workdir.load_state()
         if state.halted:
-            log.error("halted: %s", state.halted, extra={"decision": "halted"})
+            self.log.error("halted: %s", state.halted, extra={"decision": "halted"})
             return CycleReport(None, 0, 0, self.publish(), idle=True)
         head = self.mirror.remote_head()
         if head is None:
-            raise RegistryError(f"{self.config.registry.url}: the tasks branch "
-                                f"{self.config.registry.branch!r} does not exist")
+            raise RegistryError(
+                f"{self.config.registry.url}: the tasks branch "
+                f"{self.config.registry.branch!r} does not exist"
+            )
         if head == state.processed:
             with self._lock:
                 started = self._start_queued()
@@ -117,7 +131,7 @@ class Agent:
             self.mirror.check_not_rewritten(state.processed, head)
         except TamperingDetected as exc:
             self.workdir.save_state(state.with_halt(str(exc)))
-            log.error("%s", exc, extra={"decision": "halted"})
+            self.log.error("%s", exc, extra={"decision": "halted"})
             return CycleReport(head, 0, 0, self.publish(), idle=True)
         self.mirror.checkout(head)
         changes = self.mirror.changes(state.processed, head)
@@ -133,8 +147,11 @@ class Agent:
         try:
             return self.ledger.push()
         except RegistryError as exc:
-            log.warning("results not pushed yet (kept locally, retried next cycle): %s", exc,
-                        extra={"decision": "push-deferred"})
+            self.log.warning(
+                "results not pushed yet (kept locally, retried next cycle): %s",
+                exc,
+                extra={"decision": "push-deferred"},
+            )
             return False
 
     # ---- planning ------------------------------------------------------------------------
@@ -144,16 +161,21 @@ class Agent:
         if existing is not None:
             self._handle_known(change, existing)
             return
-        if change.task_file in {None, "D"} and not (self.mirror.task_dir(change.task_id)
-                                                    / "task.yaml").is_file():
+        if (
+            change.task_file in {None, "D"}
+            and not (self.mirror.task_dir(change.task_id) / "task.yaml").is_file()
+        ):
             return
         self._receive(change.task_id, head, cancel_now=change.cancel_added)
 
     def _handle_known(self, change: TaskChange, existing: StatusRecord) -> None:
         if change.alters_task:
-            log.error("task %s was changed after this site acted on it (%s); the change is "
-                      "ignored", change.task_id, existing.state,
-                      extra={"task": change.task_id, "decision": "tampering"})
+            self.log.error(
+                "task %s was changed after this site acted on it (%s); the change is ignored",
+                change.task_id,
+                existing.state,
+                extra={"task": change.task_id, "decision": "tampering"},
+            )
         if change.cancel_added and not is_final(existing.state):
             self._request_cancel(change.task_id, existing)
 
@@ -161,22 +183,34 @@ class Agent:
         verdict = judge(self.mirror, self.config, task_id, head)
         decision = verdict.decision
         if not decision.for_this_site:
-            log.debug("task %s is not for this site", task_id, extra={"task": task_id})
+            self.log.debug("task %s is not for this site", task_id, extra={"task": task_id})
             return
-        record = StatusRecord(task=task_id, site=self.config.site, state="received",
-                              task_commit=verdict.task_commit, received_at=utc_now_text(),
-                              agent=f"ptm {__version__}", submitted_by=decision.submitted_by,
-                              image=verdict.task.image if verdict.task else None)
+        record = StatusRecord(
+            task=task_id,
+            site=self.config.site,
+            state="received",
+            task_commit=verdict.task_commit,
+            received_at=utc_now_text(),
+            agent=f"ptm {__version__}",
+            submitted_by=decision.submitted_by,
+            image=verdict.task.image if verdict.task else None,
+        )
         if verdict.task is None or not decision.accepted:
             self._reject(record, decision.summary())
         elif cancel_now:
             self._finish_now(record, "cancelled", "cancelled before it started")
         elif decision.needs_approval:
-            waiting = replace(record, state="awaiting_approval",
-                              reason="waits for the site admin (policy.approval: manual)")
+            waiting = replace(
+                record,
+                state="awaiting_approval",
+                reason="waits for the site admin (policy.approval: manual)",
+            )
             self.ledger.record(waiting)
-            log.info("task %s awaits approval (ptm agent pending)", task_id,
-                     extra={"task": task_id, "decision": "awaiting_approval"})
+            self.log.info(
+                "task %s awaits approval (ptm agent pending)",
+                task_id,
+                extra={"task": task_id, "decision": "awaiting_approval"},
+            )
         else:
             self._accept(verdict.task, record)
 
@@ -185,8 +219,13 @@ class Agent:
             record = self.ledger.status_of(decision.task_id)
             if record is None or record.state not in {"awaiting_approval", "reviewing"}:
                 state = record.state if record else "unknown here"
-                log.warning("decision %s for task %s ignored: the task is %s", decision.verdict,
-                            decision.task_id, state, extra={"task": decision.task_id})
+                self.log.warning(
+                    "decision %s for task %s ignored: the task is %s",
+                    decision.verdict,
+                    decision.task_id,
+                    state,
+                    extra={"task": decision.task_id},
+                )
             else:
                 self._apply(decision, record)
             forget_decision(self.workdir, decision.task_id)
@@ -196,8 +235,13 @@ class Agent:
         extra = {"task": task_id, "decision": decision.verdict, "reason": decision.reason}
         if decision.verdict == "deny":
             self.execution.discard_held(task_id)
-            denied = replace(record, state="denied", decided_by=by, finished_at=utc_now_text(),
-                             reason=f"denied by the site admin: {decision.reason}")
+            denied = replace(
+                record,
+                state="denied",
+                decided_by=by,
+                finished_at=utc_now_text(),
+                reason=f"denied by the site admin: {decision.reason}",
+            )
             self.ledger.record(denied)
         elif record.state == "reviewing" and decision.verdict == "release":
             self.execution.release(task_id, decided_by=by)
@@ -205,10 +249,11 @@ class Agent:
             task = load_task(self.mirror.task_dir(task_id), task_id=task_id)
             self._accept(task, replace(record, reason=None, decided_by=by))
         else:
-            log.warning("cannot %s task %s: it is %s", decision.verdict, task_id, record.state,
-                        extra=extra)
+            self.log.warning(
+                "cannot %s task %s: it is %s", decision.verdict, task_id, record.state, extra=extra
+            )
             return
-        log.info("task %s: %s by %s", task_id, decision.verdict, by, extra=extra)
+        self.log.info("task %s: %s by %s", task_id, decision.verdict, by, extra=extra)
 
     def _reject(self, record: StatusRecord, reason: str) -> None:
         self._finish_now(record, "rejected", reason)
@@ -216,15 +261,24 @@ class Agent:
     def _finish_now(self, record: StatusRecord, state: State, reason: str) -> None:
         final = replace(record, state=state, reason=reason, finished_at=utc_now_text())
         self.ledger.record(final)
-        log.info("task %s %s: %s", record.task, state, reason,
-                 extra={"task": record.task, "decision": state, "reason": reason})
+        self.log.info(
+            "task %s %s: %s",
+            record.task,
+            state,
+            reason,
+            extra={"task": record.task, "decision": state, "reason": reason},
+        )
 
     def _accept(self, task: Task, record: StatusRecord) -> None:
         accepted = replace(record, state="accepted")
         prepare_run(self.workdir, task, self.mirror.task_dir(task.id))
         self.ledger.record(accepted)
-        log.info("task %s accepted (image %s)", task.id, task.image,
-                 extra={"task": task.id, "decision": "accepted"})
+        self.log.info(
+            "task %s accepted (image %s)",
+            task.id,
+            task.image,
+            extra={"task": task.id, "decision": "accepted"},
+        )
         with self._lock:
             self._queue.append((task, accepted, None))
 
@@ -236,8 +290,11 @@ class Agent:
         if queued or task_id not in self._running:
             self._finish_now(existing, "cancelled", "cancelled before it started")
         else:
-            log.info("task %s: cancel requested, stopping its container", task_id,
-                     extra={"task": task_id, "decision": "cancelling"})
+            self.log.info(
+                "task %s: cancel requested, stopping its container",
+                task_id,
+                extra={"task": task_id, "decision": "cancelling"},
+            )
 
     # ---- running -------------------------------------------------------------------------
 
@@ -245,8 +302,12 @@ class Agent:
         started = 0
         while self._queue and len(self._running) < self.config.limits.max_parallel:
             task, record, attach = self._queue.pop(0)
-            thread = threading.Thread(target=self._run, args=(task, record, attach),
-                                      name=f"ptm-run-{task.id}", daemon=True)
+            thread = threading.Thread(
+                target=self._run,
+                args=(task, record, attach),
+                name=f"ptm-run-{task.id}",
+                daemon=True,
+            )
             self._running[task.id] = thread
             thread.start()
             started += 1
@@ -254,14 +315,19 @@ class Agent:
 
     def _run(self, task: Task, record: StatusRecord, attach: ContainerRef | None) -> None:
         try:
-            final = self.execution.run(task, record, attach_to=attach,
-                                       cancelled=lambda: task.id in self._cancel)
+            final = self.execution.run(
+                task, record, attach_to=attach, cancelled=lambda: task.id in self._cancel
+            )
         except PtmError as exc:
             final = replace(record, state="crashed", reason=str(exc), finished_at=utc_now_text())
             self.ledger.record(final)
-        log.info("task %s %s%s", task.id, final.state,
-                 f": {final.reason}" if final.reason else "",
-                 extra={"task": task.id, "decision": final.state, "reason": final.reason})
+        self.log.info(
+            "task %s %s%s",
+            task.id,
+            final.state,
+            f": {final.reason}" if final.reason else "",
+            extra={"task": task.id, "decision": final.state, "reason": final.reason},
+        )
         self.wakeup.set()
 
     def _reap(self) -> None:
@@ -284,18 +350,26 @@ class Agent:
                 self._finish_now(record, "crashed", f"cannot resume: {exc}")
                 continue
             if container is None and record.state == "running":
-                self._finish_now(record, "crashed", "the container is gone (the agent or the "
-                                 "host stopped while it ran); not run again")
+                self._finish_now(
+                    record,
+                    "crashed",
+                    "the container is gone (the agent or the "
+                    "host stopped while it ran); not run again",
+                )
                 continue
             if container is None:
                 prepare_run(self.workdir, task, task_dir)
-            log.info("task %s: resuming (%s%s)", record.task, record.state,
-                     ", re-attaching to its container" if container else "",
-                     extra={"task": record.task, "decision": "resumed"})
+            self.log.info(
+                "task %s: resuming (%s%s)",
+                record.task,
+                record.state,
+                ", re-attaching to its container" if container else "",
+                extra={"task": record.task, "decision": "resumed"},
+            )
             self._queue.append((task, record, container))
 
     def _pull_progress(self, line: str) -> None:
-        log.info("%s", line, extra={"decision": "pulling"})
+        self.log.info("%s", line, extra={"decision": "pulling"})
 
 
 def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
@@ -309,15 +383,21 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
             try:
                 agent.cycle()
             except TamperingDetected as exc:
-                log.error("%s", exc, extra={"decision": "halted"})
+                agent.log.error("%s", exc, extra={"decision": "halted"})
             except PtmError as exc:
-                log.warning("cycle failed, retrying at the next poll: %s", exc,
-                            extra={"decision": "cycle-failed"})
+                agent.log.warning(
+                    "cycle failed, retrying at the next poll: %s",
+                    exc,
+                    extra={"decision": "cycle-failed"},
+                )
             _sleep_until(agent.wakeup, stop, agent.config.poll_interval)
     running = agent.hand_back()
     if running:
-        log.info("stopped; %d running container(s) handed back: the next start re-attaches",
-                 running, extra={"decision": "stopped"})
+        agent.log.info(
+            "stopped; %d running container(s) handed back: the next start re-attaches",
+            running,
+            extra={"decision": "stopped"},
+        )
 
 
 class _NoWatcher:

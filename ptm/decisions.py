@@ -49,8 +49,9 @@ def drop_decision(workdir: WorkDir, decision: AdminDecision) -> Path:
     return path
 
 
-def make_decision(task_id: str, verdict: Verdict, *, reason: str | None,
-                  decided_by: str | None) -> AdminDecision:
+def make_decision(
+    task_id: str, verdict: Verdict, *, reason: str | None, decided_by: str | None
+) -> AdminDecision:
     if verdict == "deny" and not reason:
         raise PtmError("a denial needs --reason: the researcher learns it from the status")
     return AdminDecision(task_id, verdict, decided_by or admin_identity(), utc_now_text(), reason)

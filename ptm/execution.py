@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ptm.errors import ContainerError, OutputRejected, PtmError
 from ptm.decisions import held_dir
+from ptm.errors import ContainerError, OutputRejected, PtmError
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, STATUS_FILE, Ledger
 from ptm.outputs import OutputReport, collect_outputs
 from ptm.runtimes.base import ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
@@ -128,9 +128,7 @@ class TaskExecution:
             except ContainerError as exc:
                 return self._finish(replace(record, state="failed", reason=str(exc)))
             record = self._record(replace(record, state="running", started_at=utc_now_text()))
-        outcome = self.runtime.wait(
-            attach_to, timeout_s=self._timeout(task), cancelled=cancelled
-        )
+        outcome = self.runtime.wait(attach_to, timeout_s=self._timeout(task), cancelled=cancelled)
         final = self._conclude(task, record, outcome, folders)
         self.runtime.remove(attach_to)
         shutil.rmtree(folders.root, ignore_errors=True)
@@ -144,8 +142,10 @@ class TaskExecution:
     ) -> StatusRecord:
         record = replace(record, exit_code=outcome.exit_code, finished_at=utc_now_text())
         if outcome.cancelled:
-            return self._finish(replace(record, state="cancelled", reason="cancelled by "
-                                        "tasks/<id>/cancel.yaml"), log=outcome.log)
+            return self._finish(
+                replace(record, state="cancelled", reason="cancelled by tasks/<id>/cancel.yaml"),
+                log=outcome.log,
+            )
         if outcome.timed_out:
             reason = f"killed after the time limit of {self._timeout(task):g}s"
             return self._finish(replace(record, state="timed_out", reason=reason), log=outcome.log)
@@ -158,10 +158,16 @@ class TaskExecution:
         if outcome.exit_code != 0:
             why = "out of memory (limits.memory)" if outcome.oom_killed else "non-zero exit"
             reason = f"the container exited with code {outcome.exit_code}: {why}"
-            return self._finish(replace(record, state="failed", reason=reason),
-                                log=outcome.log, outputs=folders.collected_dir)
-        return self._finish(replace(record, state="completed", reason=None),
-                            log=outcome.log, outputs=folders.collected_dir)
+            return self._finish(
+                replace(record, state="failed", reason=reason),
+                log=outcome.log,
+                outputs=folders.collected_dir,
+            )
+        return self._finish(
+            replace(record, state="completed", reason=None),
+            log=outcome.log,
+            outputs=folders.collected_dir,
+        )
 
     def _collect(self, folders: RunFolders) -> OutputReport:
         limits = self.site.limits
@@ -197,9 +203,14 @@ class TaskExecution:
             shutil.move(str(outputs), held / OUTPUT_DIR)
         (held / LOG_FILE).write_bytes(log)
         write_atomically(held / STATUS_FILE, dump_yaml(record.to_document()))
-        waiting = replace(record, state="reviewing", reason=(
-            f"finished as {record.state}; its log and outputs wait for the site admin's "
-            "review (policy.release: manual)"))
+        waiting = replace(
+            record,
+            state="reviewing",
+            reason=(
+                f"finished as {record.state}; its log and outputs wait for the site admin's "
+                "review (policy.release: manual)"
+            ),
+        )
         self.ledger.record(waiting)
         return waiting
 
@@ -209,8 +220,11 @@ class TaskExecution:
         document = load_yaml_file(held / STATUS_FILE, source=str(held / STATUS_FILE))
         record = replace(StatusRecord.from_document(document), decided_by=decided_by)
         outputs = held / OUTPUT_DIR
-        self.ledger.record(record, log=(held / LOG_FILE).read_bytes(),
-                           outputs=outputs if outputs.is_dir() else None)
+        self.ledger.record(
+            record,
+            log=(held / LOG_FILE).read_bytes(),
+            outputs=outputs if outputs.is_dir() else None,
+        )
         shutil.rmtree(held, ignore_errors=True)
         return record
 

@@ -88,7 +88,13 @@ class Ledger:
         pattern = "^state: (" + "|".join(OPEN_STATES) + ")$"
         try:
             out = self.repo.run(
-                "grep", "-l", "-E", pattern, "HEAD", "--", f"{RESULTS_DIR}/*/{self.site}/{STATUS_FILE}"
+                "grep",
+                "-l",
+                "-E",
+                pattern,
+                "HEAD",
+                "--",
+                f"{RESULTS_DIR}/*/{self.site}/{STATUS_FILE}",
             )
         except RegistryError:
             return []  # git grep exits 1 when nothing matches, and on an empty branch
@@ -133,8 +139,12 @@ class Ledger:
             body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"
             if status.reason:
                 body += f"\nReason: {' '.join(status.reason.split())[:300]}"
-            return commit_all(self.repo, result_path(status.task, self.site), subject + body,
-                              sign_key=self.sign_key)
+            return commit_all(
+                self.repo,
+                result_path(status.task, self.site),
+                subject + body,
+                sign_key=self.sign_key,
+            )
 
     def unpushed(self) -> bool:
         repo = self.repo

@@ -8,6 +8,12 @@ import sys
 from typing import Any
 
 FIELDS = ("task", "decision", "reason")
+AGENT_LOGGER = "ptm.agent."
+
+
+def site_of(record: logging.LogRecord) -> str | None:
+    """Agents log as ``ptm.agent.<site>``, so that several in one process stay apart."""
+    return record.name.removeprefix(AGENT_LOGGER) if record.name.startswith(AGENT_LOGGER) else None
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -15,6 +21,7 @@ class JsonLinesFormatter(logging.Formatter):
         document: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
+            "site": site_of(record),
             "message": record.getMessage(),
         }
         for field in FIELDS:
@@ -26,7 +33,12 @@ class JsonLinesFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
+        super().__init__("%(asctime)s %(levelname)-7s %(site)s%(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        site = site_of(record)
+        record.site = f"[{site}] " if site else ""
+        return super().format(record)
 
 
 def configure(*, log_format: str, verbose: bool = False) -> None:

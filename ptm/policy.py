@@ -38,8 +38,12 @@ class Decision:
 
 def decide(task: Task, site: SiteConfig, evidence: Evidence) -> Decision:
     if not task.targets(site.site):
-        return Decision(False, (f"the task names sites {list(task.sites)}, not {site.site!r}",),
-                        None, needs_approval=False)
+        return Decision(
+            False,
+            (f"the task names sites {list(task.sites)}, not {site.site!r}",),
+            None,
+            needs_approval=False,
+        )
     reasons = [
         *_image_reasons(task, site),
         *_limit_reasons(task, site),
@@ -48,8 +52,9 @@ def decide(task: Task, site: SiteConfig, evidence: Evidence) -> Decision:
     submitted_by = _submitter(evidence.signatures)
     if site.policy.require_signed_tasks:
         reasons += _signature_reasons(evidence.signatures, site.policy.trusted_submitters)
-    return Decision(True, tuple(reasons), submitted_by,
-                    needs_approval=site.policy.approval == "manual")
+    return Decision(
+        True, tuple(reasons), submitted_by, needs_approval=site.policy.approval == "manual"
+    )
 
 
 def _image_reasons(task: Task, site: SiteConfig) -> list[str]:
@@ -71,22 +76,29 @@ def _limit_reasons(task: Task, site: SiteConfig) -> list[str]:
     limits = site.limits
     reasons = []
     if task.timeout is not None and task.timeout > limits.timeout:
-        reasons.append(f"timeout {task.timeout}s is above this site's cap of {limits.timeout}s "
-                       "(limits.timeout)")
+        reasons.append(
+            f"timeout {task.timeout}s is above this site's cap of {limits.timeout}s "
+            "(limits.timeout)"
+        )
     if task.memory_bytes is not None and task.memory_bytes > limits.memory_bytes:
-        reasons.append(f"memory request of {task.memory_bytes} bytes is above this site's cap "
-                       f"of {limits.memory_bytes} bytes (limits.memory)")
+        reasons.append(
+            f"memory request of {task.memory_bytes} bytes is above this site's cap "
+            f"of {limits.memory_bytes} bytes (limits.memory)"
+        )
     if task.cpus is not None and task.cpus > limits.cpus:
-        reasons.append(f"cpus request {task.cpus:g} is above this site's cap of "
-                       f"{limits.cpus:g} (limits.cpus)")
+        reasons.append(
+            f"cpus request {task.cpus:g} is above this site's cap of {limits.cpus:g} (limits.cpus)"
+        )
     return reasons
 
 
 def _delivery_reasons(task: Task, site: SiteConfig) -> list[str]:
     if task.deliver_sftp is None or task.deliver_sftp in site.sftp_targets:
         return []
-    return [f"delivery to SFTP target {task.deliver_sftp!r} is not configured at this site "
-            "(sftp_targets)"]
+    return [
+        f"delivery to SFTP target {task.deliver_sftp!r} is not configured at this site "
+        "(sftp_targets)"
+    ]
 
 
 def _signature_reasons(checks: Sequence[SignatureCheck], trusted: Sequence[str]) -> list[str]:
@@ -98,8 +110,10 @@ def _signature_reasons(checks: Sequence[SignatureCheck], trusted: Sequence[str])
         if not check.good:
             reasons.append(f"{where}: {check.describe()} (policy.require_signed_tasks)")
         elif trusted and check.signer not in trusted:
-            reasons.append(f"{where}: signed by {check.signer!r}, who is not a trusted "
-                           "submitter (policy.trusted_submitters)")
+            reasons.append(
+                f"{where}: signed by {check.signer!r}, who is not a trusted "
+                "submitter (policy.trusted_submitters)"
+            )
     return reasons
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 from collections.abc import Callable, Mapping
@@ -75,7 +74,7 @@ def write_task(root: Path, draft: TaskDraft) -> Path:
         staging.mkdir(parents=True)
         _copy_input_files(draft.files, staging / FILES_DIR)
         (staging / TASK_FILE).write_text(dump_yaml(document), encoding="utf-8")
-        os.replace(staging, task_dir)
+        staging.replace(task_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return task_dir

@@ -77,7 +77,9 @@ def _files_problems(files_dir: Path, source: str) -> list[Problem]:
             shown = f"{source}/{path.relative_to(files_dir).as_posix()}"
             mode = path.lstat().st_mode
             if stat.S_ISLNK(mode):
-                problems.append(Problem(shown, "(path)", "no-symlinks", "symbolic links are not allowed"))
+                problems.append(
+                    Problem(shown, "(path)", "no-symlinks", "symbolic links are not allowed")
+                )
             elif stat.S_ISREG(mode):
                 total += path.lstat().st_size
                 count += 1

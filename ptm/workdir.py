@@ -58,7 +58,9 @@ class WorkDir:
             document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
             return AgentState(document.get("processed"), document.get("halted"))
         except (ValueError, AttributeError) as exc:
-            raise PtmError(f"{path}: unreadable agent state ({exc}); move it away to re-sync") from exc
+            raise PtmError(
+                f"{path}: unreadable agent state ({exc}); move it away to re-sync"
+            ) from exc
 
     def save_state(self, state: AgentState) -> None:
         write_atomically(self.root / STATE_FILE, json.dumps(asdict(state), indent=2) + "\n")
@@ -88,7 +90,7 @@ def write_atomically(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,4 +1,4 @@
-"""Helpers for agent tests: site configs, tasks pushed to a real bare registry, results read back."""
+"""Agent test helpers: site configs, tasks pushed to a real bare registry, results read back."""
 
 from __future__ import annotations
 
@@ -54,13 +54,24 @@ class Researcher:
         self.work = clone(registry, folder)
         self.key = key
 
-    def submit(self, task_id: str, script: str = "echo hi", *, image: str = TEST_IMAGE,
-               sites: tuple[str, ...] = ("hospital-a",), **extra: Any) -> str:
+    def submit(
+        self,
+        task_id: str,
+        script: str = "echo hi",
+        *,
+        image: str = TEST_IMAGE,
+        sites: tuple[str, ...] = ("hospital-a",),
+        **extra: Any,
+    ) -> str:
         git(self.work, "pull", "-q", "--rebase")
         draft = TaskDraft(task_id, image, sites, command=("sh", "-c", script), **extra)
         write_task(self.work, draft)
-        submitted = submit_task(self.work, task_id, branch=DEFAULT_BRANCH,
-                                sign_key=self.key.private if self.key else None)
+        submitted = submit_task(
+            self.work,
+            task_id,
+            branch=DEFAULT_BRANCH,
+            sign_key=self.key.private if self.key else None,
+        )
         return submitted.commit
 
     def commit_file(self, path: str, text: str, message: str) -> None:
@@ -88,6 +99,13 @@ def remote_file(registry: Path, task_id: str, name: str, site: str = "hospital-a
 
 def states_in_history(registry: Path, task_id: str, site: str = "hospital-a") -> list[str]:
     """Each state this site recorded for the task, oldest first (from the commit trailers)."""
-    out = git(registry, "log", "--reverse", "--format=%(trailers:key=State,valueonly)",
-              f"results/{site}", "--", f"results/{task_id}/{site}/status.yaml")
+    out = git(
+        registry,
+        "log",
+        "--reverse",
+        "--format=%(trailers:key=State,valueonly)",
+        f"results/{site}",
+        "--",
+        f"results/{task_id}/{site}/status.yaml",
+    )
     return [line.strip() for line in out.splitlines() if line.strip()]

@@ -32,7 +32,7 @@ def test_task_runs_and_its_result_arrives_on_the_site_branch(
 ) -> None:
     script = (
         "echo starting; cat /ptm/config/config.yaml; cat /ptm/input/greeting.txt;"
-        " echo \"$PTM_TASK_ID $PTM_SITE\" > /ptm/output/who.txt;"
+        ' echo "$PTM_TASK_ID $PTM_SITE" > /ptm/output/who.txt;'
         " mkdir /ptm/output/sub && printf 'x,y\\n1,2\\n' > /ptm/output/sub/table.csv"
     )
     greeting = tmp_path / "greeting.txt"
@@ -57,7 +57,10 @@ def test_task_runs_and_its_result_arrives_on_the_site_branch(
     log = remote_file(bare_registry, "first", "log.txt")
     assert "starting" in log and "column: age" in log and "hello from the researcher" in log
     assert states_in_history(bare_registry, "first") == [
-        "accepted", "pulling", "running", "completed"
+        "accepted",
+        "pulling",
+        "running",
+        "completed",
     ]
 
 
@@ -105,7 +108,11 @@ def test_task_for_another_site_is_left_alone(
     ],
 )
 def test_image_outside_the_allow_list_is_rejected_with_the_reason(
-    bare_registry: Path, tmp_path: Path, researcher: Researcher, image: str, words: str,
+    bare_registry: Path,
+    tmp_path: Path,
+    researcher: Researcher,
+    image: str,
+    words: str,
     docker_client: object,
 ) -> None:
     researcher.submit("bad-image", image=image)
@@ -215,7 +222,10 @@ def test_cancel_before_start_never_runs(
 
 
 def test_rewritten_tasks_branch_halts_the_agent(
-    bare_registry: Path, tmp_path: Path, researcher: Researcher, docker_client: object,
+    bare_registry: Path,
+    tmp_path: Path,
+    researcher: Researcher,
+    docker_client: object,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     researcher.submit("before", "true")
@@ -280,4 +290,4 @@ def _children() -> int:
 
 
 def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())

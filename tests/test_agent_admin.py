@@ -8,8 +8,14 @@ import pytest
 
 from ptm.decisions import held_dir
 from ptm.main import main
-from tests.agent_support import Researcher, remote_file, remote_status, site_agent
-from tests.agent_support import states_in_history, write_site_config
+from tests.agent_support import (
+    Researcher,
+    remote_file,
+    remote_status,
+    site_agent,
+    states_in_history,
+    write_site_config,
+)
 from tests.fixtures_git import git
 
 pytestmark = pytest.mark.docker

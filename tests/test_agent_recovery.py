@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_support import Researcher, remote_file, remote_status, states_in_history
-from tests.agent_support import write_site_config
+from tests.agent_support import (
+    Researcher,
+    remote_file,
+    remote_status,
+    states_in_history,
+    write_site_config,
+)
 from tests.fixtures_git import git
 
 pytestmark = pytest.mark.docker
@@ -21,7 +26,10 @@ pytestmark = pytest.mark.docker
 def _agent_process(config: Path, *action: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "ptm", "agent", *action, "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
     )
 
 
@@ -41,8 +49,7 @@ def test_sigkill_mid_run_then_restart_runs_each_task_once(
     researcher = Researcher(bare_registry, tmp_path / "researcher")
     researcher.submit("first", "sleep 4; echo once >> /ptm/output/runs")
     researcher.submit("second", "echo once >> /ptm/output/runs")
-    config = write_site_config(tmp_path, "hospital-a", bare_registry,
-                               limits={"max_parallel": 1})
+    config = write_site_config(tmp_path, "hospital-a", bare_registry, limits={"max_parallel": 1})
     agent = _agent_process(config, "run")
     try:
         _wait_for_state(bare_registry, "first", "running")
@@ -53,7 +60,9 @@ def test_sigkill_mid_run_then_restart_runs_each_task_once(
 
     done = subprocess.run(
         [sys.executable, "-m", "ptm", "agent", "once", "--config", str(config)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "re-attaching" in done.stderr
@@ -83,7 +92,9 @@ def test_running_task_whose_container_vanished_is_crashed_not_rerun(
         container.remove(force=True)
     done = subprocess.run(
         [sys.executable, "-m", "ptm", "agent", "once", "--config", str(config)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     status = remote_status(bare_registry, "doomed")
@@ -103,7 +114,11 @@ def test_sigterm_hands_back_and_restart_finishes(
     output, _ = agent.communicate(timeout=30)
     assert agent.returncode == 0, output
     assert "handed back" in output
-    subprocess.run([sys.executable, "-m", "ptm", "agent", "once", "--config", str(config)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "ptm", "agent", "once", "--config", str(config)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert remote_file(bare_registry, "handed", "output/r") == "fine"
     assert git(bare_registry, "rev-parse", "--verify", "results/hospital-a")

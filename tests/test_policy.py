@@ -24,11 +24,21 @@ def site(**policy: Any) -> SiteConfig:
         "ptm": 1,
         "site": "hospital-a",
         "registry": {"url": "/srv/registry.git"},
-        "policy": {"allowed_images": ["myconsortium/.*:.*", f"pinned/app@{DIGEST}"],
-                   "require_signed_tasks": False, **policy},
+        "policy": {
+            "allowed_images": ["myconsortium/.*:.*", f"pinned/app@{DIGEST}"],
+            "require_signed_tasks": False,
+            **policy,
+        },
         "limits": {"timeout": 600, "memory": "1g", "cpus": 2},
-        "sftp_targets": {"ttp": {"host": "ttp.example", "user": "a", "key": "k",
-                                 "host_key": "ssh-ed25519 AAAA", "path": "/in"}},
+        "sftp_targets": {
+            "ttp": {
+                "host": "ttp.example",
+                "user": "a",
+                "key": "k",
+                "host_key": "ssh-ed25519 AAAA",
+                "path": "/in",
+            }
+        },
     }
     return SiteConfig.from_document(document, source="site.yaml", base_dir=Path("/etc/ptm"))
 
@@ -47,8 +57,15 @@ def test_plain_allowed_task_is_accepted() -> None:
     assert decision.accepted and decision.reasons == ()
 
 
-@pytest.mark.parametrize("image", ["evil/myconsortium/stats:1", "myconsortium/stats",
-                                   "MyConsortium/stats:1", "myconsortium/stats:1\n"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "evil/myconsortium/stats:1",
+        "myconsortium/stats",
+        "MyConsortium/stats:1",
+        "myconsortium/stats:1\n",
+    ],
+)
 def test_allow_list_is_a_full_match(image: str) -> None:
     assert not site().image_allowed(image)
 
@@ -72,11 +89,20 @@ def test_require_digest_refuses_tags() -> None:
 
 
 def test_every_broken_rule_is_listed() -> None:
-    greedy = task(image="evil/x:1", timeout=601, resources={"memory": "2g", "cpus": 3},
-                  deliver={"sftp": "elsewhere"})
+    greedy = task(
+        image="evil/x:1",
+        timeout=601,
+        resources={"memory": "2g", "cpus": 3},
+        deliver={"sftp": "elsewhere"},
+    )
     reasons = decide(greedy, site(), Evidence()).summary()
-    for setting in ("policy.allowed_images", "limits.timeout", "limits.memory", "limits.cpus",
-                    "sftp_targets"):
+    for setting in (
+        "policy.allowed_images",
+        "limits.timeout",
+        "limits.memory",
+        "limits.cpus",
+        "sftp_targets",
+    ):
         assert setting in reasons
 
 
@@ -86,8 +112,12 @@ def test_task_for_other_site_is_not_for_this_site() -> None:
 
 
 def signed_site(signers: Path, **policy: Any) -> SiteConfig:
-    return site(require_signed_tasks=True, allowed_signers=str(signers),
-                trusted_submitters=["alice@uni.example"], **policy)
+    return site(
+        require_signed_tasks=True,
+        allowed_signers=str(signers),
+        trusted_submitters=["alice@uni.example"],
+        **policy,
+    )
 
 
 def test_signatures_decide(tmp_path: Path) -> None:
@@ -111,18 +141,35 @@ def signers_file(tmp_path: Path, alice: SigningKey, mallory: SigningKey) -> Path
     return write_allowed_signers(tmp_path / "allowed_signers", alice, mallory)
 
 
-def explain(tmp_path: Path, registry: Path, signers: Path, task_id: str,
-            capsys: pytest.CaptureFixture[str], **policy: Any) -> tuple[int, str]:
-    config = write_site_config(tmp_path, "hospital-a", registry, policy={
-        "require_signed_tasks": True, "allowed_signers": str(signers),
-        "trusted_submitters": ["alice@uni.example"], **policy})
+def explain(
+    tmp_path: Path,
+    registry: Path,
+    signers: Path,
+    task_id: str,
+    capsys: pytest.CaptureFixture[str],
+    **policy: Any,
+) -> tuple[int, str]:
+    config = write_site_config(
+        tmp_path,
+        "hospital-a",
+        registry,
+        policy={
+            "require_signed_tasks": True,
+            "allowed_signers": str(signers),
+            "trusted_submitters": ["alice@uni.example"],
+            **policy,
+        },
+    )
     capsys.readouterr()
     code = main(["policy", "explain", task_id, "--config", str(config)])
     return code, capsys.readouterr().out
 
 
 def test_explain_accepts_task_signed_by_trusted_researcher(
-    bare_registry: Path, tmp_path: Path, alice: SigningKey, signers_file: Path,
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    signers_file: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     Researcher(bare_registry, tmp_path / "r", alice).submit("good")
@@ -132,7 +179,10 @@ def test_explain_accepts_task_signed_by_trusted_researcher(
 
 
 def test_explain_refuses_untrusted_and_unsigned(
-    bare_registry: Path, tmp_path: Path, mallory: SigningKey, signers_file: Path,
+    bare_registry: Path,
+    tmp_path: Path,
+    mallory: SigningKey,
+    signers_file: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     Researcher(bare_registry, tmp_path / "m", mallory).submit("sneaky")
@@ -144,7 +194,10 @@ def test_explain_refuses_untrusted_and_unsigned(
 
 
 def test_unsigned_follow_up_commit_taints_a_signed_task(
-    bare_registry: Path, tmp_path: Path, alice: SigningKey, signers_file: Path,
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    signers_file: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     researcher = Researcher(bare_registry, tmp_path / "r", alice)
@@ -155,7 +208,10 @@ def test_unsigned_follow_up_commit_taints_a_signed_task(
 
 
 def test_key_not_in_allowed_signers_is_refused(
-    bare_registry: Path, tmp_path: Path, alice: SigningKey, capsys: pytest.CaptureFixture[str],
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     Researcher(bare_registry, tmp_path / "r", alice).submit("stranger")
     empty = tmp_path / "nobody"
@@ -165,7 +221,10 @@ def test_key_not_in_allowed_signers_is_refused(
 
 
 def test_merge_commit_bringing_in_signed_commits_is_fine(
-    bare_registry: Path, tmp_path: Path, alice: SigningKey, signers_file: Path,
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    signers_file: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     researcher = Researcher(bare_registry, tmp_path / "r", alice)
@@ -173,13 +232,29 @@ def test_merge_commit_bringing_in_signed_commits_is_fine(
     git(work, "checkout", "-q", "-b", "proposal")
     write_task(work, TaskDraft("via-pr", "myconsortium/stats:1", ("hospital-a",)))
     git(work, "add", "tasks/via-pr")
-    git(work, "-c", "gpg.format=ssh", "-c", f"user.signingkey={alice.private}",
-        "commit", "-q", "-S", "-m", "Propose via-pr")
+    git(
+        work,
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        f"user.signingkey={alice.private}",
+        "commit",
+        "-q",
+        "-S",
+        "-m",
+        "Propose via-pr",
+    )
     git(work, "checkout", "-q", "main")
     git(work, "merge", "-q", "--no-ff", "--no-gpg-sign", "-m", "Merge pull request", "proposal")
     git(work, "push", "-q", "origin", "main")
-    code, out = explain(tmp_path, bare_registry, signers_file, "via-pr", capsys,
-                        allowed_images=["myconsortium/.*:.*"])
+    code, out = explain(
+        tmp_path,
+        bare_registry,
+        signers_file,
+        "via-pr",
+        capsys,
+        allowed_images=["myconsortium/.*:.*"],
+    )
     assert code == 0, out
 
 

@@ -22,7 +22,9 @@ def test_init_bare_has_template_on_main(tmp_path: Path) -> None:
     assert not [f for f in files if f.endswith((".py", ".pyc"))]
 
 
-def test_init_worktree_then_template_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_worktree_then_template_validates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "r"
     assert main(["registry", "init", str(path)]) == 0
     assert (path / ".git").is_dir()

@@ -14,8 +14,18 @@ from tests.fixtures_git import SigningKey, clone, git, write_allowed_signers
 
 def new_task(clone_dir: Path, task_id: str, *extra: str) -> int:
     return main(
-        ["task", "new", task_id, "--image", "ptm-test/busybox:latest", "--site", "hospital-a",
-         "--registry", str(clone_dir), *extra]
+        [
+            "task",
+            "new",
+            task_id,
+            "--image",
+            "ptm-test/busybox:latest",
+            "--site",
+            "hospital-a",
+            "--registry",
+            str(clone_dir),
+            *extra,
+        ]
     )
 
 
@@ -24,8 +34,21 @@ def test_new_writes_valid_task(registry_clone: Path, tmp_path: Path) -> None:
     config.write_text("column: age\n")
     data = tmp_path / "codes.csv"
     data.write_text("a,b\n")
-    assert new_task(registry_clone, "age-stats", "--config", str(config), "--file", str(data),
-                    "--timeout", "60", "--command", "sh -c 'echo hi'") == 0
+    assert (
+        new_task(
+            registry_clone,
+            "age-stats",
+            "--config",
+            str(config),
+            "--file",
+            str(data),
+            "--timeout",
+            "60",
+            "--command",
+            "sh -c 'echo hi'",
+        )
+        == 0
+    )
     task_dir = registry_clone / "tasks" / "age-stats"
     text = (task_dir / "task.yaml").read_text()
     assert "column: age" in text
@@ -63,12 +86,31 @@ def test_submit_signed_lands_on_remote(
     bare_registry: Path, registry_clone: Path, alice: SigningKey, tmp_path: Path
 ) -> None:
     assert new_task(registry_clone, "age-stats") == 0
-    assert main(["task", "submit", "age-stats", "--sign-key", str(alice.private),
-                 "--registry", str(registry_clone)]) == 0
+    assert (
+        main(
+            [
+                "task",
+                "submit",
+                "age-stats",
+                "--sign-key",
+                str(alice.private),
+                "--registry",
+                str(registry_clone),
+            ]
+        )
+        == 0
+    )
     assert git(bare_registry, "cat-file", "-e", "main:tasks/age-stats/task.yaml") == ""
     signers = write_allowed_signers(tmp_path / "allowed", alice)
-    shown = git(bare_registry, "-c", f"gpg.ssh.allowedSignersFile={signers}",
-                "log", "-1", "--format=%G?%x20%GS", "main")
+    shown = git(
+        bare_registry,
+        "-c",
+        f"gpg.ssh.allowedSignersFile={signers}",
+        "log",
+        "-1",
+        "--format=%G?%x20%GS",
+        "main",
+    )
     assert shown == "G alice@uni.example"
 
 
@@ -80,8 +122,15 @@ def test_submit_uses_gits_own_signing_config(
     assert new_task(registry_clone, "t1") == 0
     assert main(["task", "submit", "t1", "--registry", str(registry_clone)]) == 0
     signers = write_allowed_signers(tmp_path / "allowed", alice)
-    shown = git(bare_registry, "-c", f"gpg.ssh.allowedSignersFile={signers}",
-                "log", "-1", "--format=%G?%x20%GS", "main")
+    shown = git(
+        bare_registry,
+        "-c",
+        f"gpg.ssh.allowedSignersFile={signers}",
+        "log",
+        "-1",
+        "--format=%G?%x20%GS",
+        "main",
+    )
     assert shown == "G alice@uni.example"
 
 
@@ -110,7 +159,9 @@ def test_submit_refuses_id_taken_on_remote(bare_registry: Path, tmp_path: Path) 
     assert "img:1" in git(bare_registry, "show", "main:tasks/same/task.yaml")
 
 
-def test_submit_refuses_invalid_task(registry_clone: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit_refuses_invalid_task(
+    registry_clone: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     task_dir = registry_clone / "tasks" / "broken"
     task_dir.mkdir()
     (task_dir / "task.yaml").write_text("ptm: 1\nimage: x:1\nsites: [a]\nimgae: typo\n")
@@ -147,6 +198,13 @@ def test_two_researchers_submit_at_the_same_moment(
     landed = git(bare_registry, "ls-tree", "--name-only", "main:tasks").split()
     assert {"task-0", "task-1"} <= set(landed)
     signers = write_allowed_signers(tmp_path / "allowed", alice, mallory)
-    statuses = git(bare_registry, "-c", f"gpg.ssh.allowedSignersFile={signers}",
-                   "log", "-2", "--format=%G?", "main").split()
+    statuses = git(
+        bare_registry,
+        "-c",
+        f"gpg.ssh.allowedSignersFile={signers}",
+        "log",
+        "-2",
+        "--format=%G?",
+        "main",
+    ).split()
     assert statuses == ["G", "G"]

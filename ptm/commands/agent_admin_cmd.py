@@ -18,17 +18,21 @@ from ptm.workdir import WorkDir
 
 def add_actions(actions: argparse._SubParsersAction[Any]) -> None:
     pending = actions.add_parser(
-        "pending", help="tasks and results waiting for your decision",
+        "pending",
+        help="tasks and results waiting for your decision",
         description="List tasks awaiting approval (policy.approval: manual) with image, "
         "signer, config and files, and finished results awaiting release (policy.release: "
-        "manual).")
+        "manual).",
+    )
     _config_option(pending)
     pending.add_argument("--json", action="store_true", help="print JSON")
     pending.set_defaults(handler=run_pending)
     review = actions.add_parser(
-        "review", help="list the held output files of a finished task, with sizes",
+        "review",
+        help="list the held output files of a finished task, with sizes",
         description="Show what would leave the site if you release TASK: its output files "
-        "with sizes and its log size. The files are in the folder printed; open them there.")
+        "with sizes and its log size. The files are in the folder printed; open them there.",
+    )
     review.add_argument("task_id", metavar="TASK")
     _config_option(review)
     review.add_argument("--json", action="store_true", help="print JSON")
@@ -39,37 +43,58 @@ def add_actions(actions: argparse._SubParsersAction[Any]) -> None:
         "release": "publish the held results of a finished task",
     }
     for verdict, text in verbs.items():
-        action = actions.add_parser(verdict, help=text, description=text[0].upper() + text[1:]
-                                    + ". The agent records the decision on the results branch "
-                                    "(signed with the site key) at its next cycle.")
+        action = actions.add_parser(
+            verdict,
+            help=text,
+            description=text[0].upper()
+            + text[1:]
+            + ". The agent records the decision on the results branch "
+            "(signed with the site key) at its next cycle.",
+        )
         action.add_argument("task_id", metavar="TASK")
         _config_option(action)
-        action.add_argument("--reason", required=verdict == "deny", metavar="TEXT",
-                            help="why (shown to the researcher)")
-        action.add_argument("--as", dest="decided_by", metavar="NAME",
-                            help="who decides (default: user@host)")
+        action.add_argument(
+            "--reason",
+            required=verdict == "deny",
+            metavar="TEXT",
+            help="why (shown to the researcher)",
+        )
+        action.add_argument(
+            "--as", dest="decided_by", metavar="NAME", help="who decides (default: user@host)"
+        )
         action.set_defaults(handler=run_decision, verdict=verdict)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
-                        help="the site config (YAML)")
+    parser.add_argument(
+        "--config", type=Path, required=True, metavar="FILE", help="the site config (YAML)"
+    )
 
 
 def _ledger(config: SiteConfig) -> Ledger:
     workdir = WorkDir(config.workdir)
     if not (workdir.results_clone / ".git").is_dir():
         raise PtmError(f"{config.workdir}: the agent has not run yet (no results clone)")
-    return Ledger(workdir.results_clone, url=config.registry.url, site=config.site,
-                  ssh_key=config.registry.ssh_key, sign_key=config.signing_key)
+    return Ledger(
+        workdir.results_clone,
+        url=config.registry.url,
+        site=config.site,
+        ssh_key=config.registry.ssh_key,
+        sign_key=config.signing_key,
+    )
 
 
 def run_pending(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
-    waiting = [r for r in _ledger(config).open_tasks()
-               if r.state in {"awaiting_approval", "reviewing"}]
-    mirror = TasksMirror(WorkDir(config.workdir).tasks_clone, url=config.registry.url,
-                         branch=config.registry.branch, ssh_key=config.registry.ssh_key)
+    waiting = [
+        r for r in _ledger(config).open_tasks() if r.state in {"awaiting_approval", "reviewing"}
+    ]
+    mirror = TasksMirror(
+        WorkDir(config.workdir).tasks_clone,
+        url=config.registry.url,
+        branch=config.registry.branch,
+        ssh_key=config.registry.ssh_key,
+    )
     details = [_pending_detail(r, mirror) for r in waiting]
     if args.json:
         print_json(details)
@@ -88,11 +113,16 @@ def run_pending(args: argparse.Namespace) -> int:
 def _pending_detail(record: StatusRecord, mirror: TasksMirror) -> dict[str, Any]:
     task_dir = mirror.task_dir(record.task)
     files_dir = task_dir / "files"
-    files = sorted(str(p.relative_to(files_dir)) for p in files_dir.rglob("*") if p.is_file()) \
-        if files_dir.is_dir() else []
+    files = (
+        sorted(str(p.relative_to(files_dir)) for p in files_dir.rglob("*") if p.is_file())
+        if files_dir.is_dir()
+        else []
+    )
     task_file = task_dir / "task.yaml"
     return {
-        "task": record.task, "state": record.state, "image": record.image,
+        "task": record.task,
+        "state": record.state,
+        "image": record.image,
         "submitted_by": record.submitted_by or "(signature not checked)",
         "task_commit": record.task_commit,
         "config": task_file.read_text(encoding="utf-8") if task_file.is_file() else "",
@@ -106,32 +136,53 @@ def run_review(args: argparse.Namespace) -> int:
     if not held.is_dir():
         raise PtmError(f"task {args.task_id!r} has no results waiting for release at this site")
     outputs = held / OUTPUT_DIR
-    files = [(str(p.relative_to(held)), p.stat().st_size)
-             for p in sorted(outputs.rglob("*")) if p.is_file()] if outputs.is_dir() else []
+    files = (
+        [
+            (str(p.relative_to(held)), p.stat().st_size)
+            for p in sorted(outputs.rglob("*"))
+            if p.is_file()
+        ]
+        if outputs.is_dir()
+        else []
+    )
     log_bytes = (held / LOG_FILE).stat().st_size
     if args.json:
-        print_json({"task": args.task_id, "folder": str(held), "log_bytes": log_bytes,
-                    "files": [{"path": p, "bytes": b} for p, b in files]})
+        print_json(
+            {
+                "task": args.task_id,
+                "folder": str(held),
+                "log_bytes": log_bytes,
+                "files": [{"path": p, "bytes": b} for p, b in files],
+            }
+        )
         return 0
     say(f"Held results of {args.task_id} in {held}:")
     say(format_table(("FILE", "BYTES"), [*files, (LOG_FILE, log_bytes)]))
-    say(f"Total {sum(b for _, b in files) + log_bytes} bytes in {len(files) + 1} files. "
-        f"Release with: ptm agent release {args.task_id} --config {args.config}")
+    say(
+        f"Total {sum(b for _, b in files) + log_bytes} bytes in {len(files) + 1} files. "
+        f"Release with: ptm agent release {args.task_id} --config {args.config}"
+    )
     return 0
 
 
 def run_decision(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     record = _ledger(config).status_of(args.task_id)
-    wanted = {"approve": {"awaiting_approval"}, "release": {"reviewing"},
-              "deny": {"awaiting_approval", "reviewing"}}[args.verdict]
+    wanted = {
+        "approve": {"awaiting_approval"},
+        "release": {"reviewing"},
+        "deny": {"awaiting_approval", "reviewing"},
+    }[args.verdict]
     if record is None or record.state not in wanted:
         state = record.state if record else "not known at this site"
         raise PtmError(f"cannot {args.verdict} task {args.task_id!r}: it is {state}")
-    decision = make_decision(args.task_id, args.verdict, reason=args.reason,
-                             decided_by=args.decided_by)
+    decision = make_decision(
+        args.task_id, args.verdict, reason=args.reason, decided_by=args.decided_by
+    )
     drop_decision(WorkDir(config.workdir), decision)
     done = {"approve": "Approved", "deny": "Denied", "release": "Released"}[args.verdict]
-    say(f"{done} task {args.task_id} as {decision.decided_by}. The agent records the decision "
-        "on the results branch at its next cycle (or run 'ptm agent once').")
+    say(
+        f"{done} task {args.task_id} as {decision.decided_by}. The agent records the decision "
+        "on the results branch at its next cycle (or run 'ptm agent once')."
+    )
     return 0

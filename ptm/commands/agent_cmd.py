@@ -31,11 +31,16 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     }
     for name, (text, handler) in helps.items():
         action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        action.add_argument("--config", type=Path, required=True, metavar="FILE",
-                            help="the site config (YAML)")
+        action.add_argument(
+            "--config", type=Path, required=True, metavar="FILE", help="the site config (YAML)"
+        )
         if name in {"run", "once"}:
-            action.add_argument("--log-format", choices=("text", "json"), default="text",
-                                help="text for people (default), json for one JSON object a line")
+            action.add_argument(
+                "--log-format",
+                choices=("text", "json"),
+                default="text",
+                help="text for people (default), json for one JSON object a line",
+            )
             action.add_argument("-v", "--verbose", action="store_true", help="log more detail")
         if name in {"status", "check", "once"}:
             action.add_argument("--json", action="store_true", help="print JSON")
@@ -74,12 +79,18 @@ def run_once(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     found: dict[str, str] = {"config": f"{args.config}: valid, site {config.site!r}"}
-    mirror = TasksMirror(WorkDir(config.workdir).tasks_clone, url=config.registry.url,
-                         branch=config.registry.branch, ssh_key=config.registry.ssh_key)
+    mirror = TasksMirror(
+        WorkDir(config.workdir).tasks_clone,
+        url=config.registry.url,
+        branch=config.registry.branch,
+        ssh_key=config.registry.ssh_key,
+    )
     head = mirror.remote_head()
     if head is None:
-        raise ConfigError(f"{config.registry.url}: reachable, but has no branch "
-                          f"{config.registry.branch!r} (registry.branch)")
+        raise ConfigError(
+            f"{config.registry.url}: reachable, but has no branch "
+            f"{config.registry.branch!r} (registry.branch)"
+        )
     found["registry"] = f"{config.registry.url} branch {config.registry.branch} at {head[:12]}"
     found["docker"] = DockerRuntime(config.runtime.docker_host).ping()
     signers = config.policy.allowed_signers
@@ -104,16 +115,25 @@ def run_status(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     workdir = WorkDir(config.workdir)
     state = workdir.load_state()
-    ledger = Ledger(workdir.results_clone, url=config.registry.url, site=config.site,
-                    ssh_key=config.registry.ssh_key, sign_key=config.signing_key)
+    ledger = Ledger(
+        workdir.results_clone,
+        url=config.registry.url,
+        site=config.site,
+        ssh_key=config.registry.ssh_key,
+        sign_key=config.signing_key,
+    )
     records = ledger.all_records() if workdir.results_clone.is_dir() else []
     unpushed = workdir.results_clone.is_dir() and ledger.unpushed()
     if args.json:
-        print_json({
-            "site": config.site, "processed": state.processed, "halted": state.halted,
-            "unpushed_results": unpushed,
-            "tasks": [r.to_document() for r in records],
-        })
+        print_json(
+            {
+                "site": config.site,
+                "processed": state.processed,
+                "halted": state.halted,
+                "unpushed_results": unpushed,
+                "tasks": [r.to_document() for r in records],
+            }
+        )
         return 0
     say(f"site {config.site}; last processed tasks commit {(state.processed or 'none')[:12]}")
     if state.halted:

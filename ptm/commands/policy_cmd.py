@@ -24,8 +24,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "it would refuse it (every reason is listed).",
     )
     explain.add_argument("task_id", metavar="TASK")
-    explain.add_argument("--config", type=Path, required=True, metavar="FILE",
-                         help="the site config to judge with")
+    explain.add_argument(
+        "--config", type=Path, required=True, metavar="FILE", help="the site config to judge with"
+    )
     explain.add_argument("--json", action="store_true", help="print the verdict as JSON")
     explain.set_defaults(handler=run_explain)
 
@@ -33,13 +34,19 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def run_explain(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     with tempfile.TemporaryDirectory(prefix="ptm-explain-") as tmp:
-        mirror = TasksMirror(Path(tmp) / "registry", url=config.registry.url,
-                             branch=config.registry.branch, ssh_key=config.registry.ssh_key)
+        mirror = TasksMirror(
+            Path(tmp) / "registry",
+            url=config.registry.url,
+            branch=config.registry.branch,
+            ssh_key=config.registry.ssh_key,
+        )
         mirror.ensure_clone()
         head = mirror.fetch()
         if not mirror.task_dir(args.task_id).is_dir():
-            say(f"task {args.task_id!r} is not on branch {config.registry.branch} of "
-                f"{config.registry.url}")
+            say(
+                f"task {args.task_id!r} is not on branch {config.registry.branch} of "
+                f"{config.registry.url}"
+            )
             return 1
         verdict = judge(mirror, config, args.task_id, head)
     if args.json:
@@ -66,8 +73,11 @@ def _document(verdict: Judgement, site: str) -> dict[str, Any]:
 def _print(verdict: Judgement, site: str) -> None:
     decision = verdict.decision
     if decision.accepted:
-        approval = " after an admin approves it (policy.approval: manual)" \
-            if decision.needs_approval else ""
+        approval = (
+            " after an admin approves it (policy.approval: manual)"
+            if decision.needs_approval
+            else ""
+        )
         say(f"{site} would run task {verdict.task_id}{approval}.")
     elif not decision.for_this_site:
         say(f"{site} would ignore task {verdict.task_id}: {decision.summary()}.")

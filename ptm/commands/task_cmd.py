@@ -39,12 +39,21 @@ def _register_new(actions: argparse._SubParsersAction[Any]) -> None:
     new.add_argument("task_id", metavar="ID", help="new task id: a-z, 0-9, '.', '_', '-'")
     new.add_argument("--image", required=True, help="Docker image, e.g. org/stats:1.2 or @sha256:…")
     new.add_argument(
-        "--site", dest="sites", action="append", required=True, metavar="SITE",
+        "--site",
+        dest="sites",
+        action="append",
+        required=True,
+        metavar="SITE",
         help="a site that should run it; repeat for more, or '*' for every site",
     )
     new.add_argument("--config", type=Path, metavar="FILE", help="YAML given to the container")
     new.add_argument(
-        "--file", dest="files", type=Path, action="append", default=[], metavar="PATH",
+        "--file",
+        dest="files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
         help="an input file shipped with the task (read-only at /ptm/input/); repeatable",
     )
     new.add_argument("--timeout", type=int, metavar="SECONDS", help="wall-clock limit")
@@ -89,7 +98,8 @@ def run_new(args: argparse.Namespace) -> int:
         files=tuple(args.files),
     )
     task_dir = write_task(root, draft)
-    say(f"Wrote {task_dir.relative_to(root)}/task.yaml. Check it, then: ptm task submit {args.task_id}")
+    shown = task_dir.relative_to(root)
+    say(f"Wrote {shown}/task.yaml. Check it, then: ptm task submit {args.task_id}")
     return 0
 
 
@@ -112,6 +122,8 @@ def run_submit(args: argparse.Namespace) -> int:
             "git's gpg.format=ssh and user.signingkey, or pass --sign-key KEY."
         )
     signed = "signed" if submitted.signed else "unsigned"
-    say(f"Submitted task {submitted.task_id} ({signed} commit {submitted.commit[:12]}) "
-        f"to branch {submitted.branch}.")
+    say(
+        f"Submitted task {submitted.task_id} ({signed} commit {submitted.commit[:12]}) "
+        f"to branch {submitted.branch}."
+    )
     return 0

@@ -34,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     elif (path / TASK_FILE).exists() or (path / TASK_FILE).is_symlink():
         problems, what = problems_in_task_dir(path, source=str(path)), "task"
     else:
-        raise PtmError(f"{path}: neither a registry (no {REGISTRY_FILE}) nor a task folder "
-                       f"(no {TASK_FILE})")
+        raise PtmError(
+            f"{path}: neither a registry (no {REGISTRY_FILE}) nor a task folder (no {TASK_FILE})"
+        )
     if args.json:
         print_json({"path": str(path), "kind": what, "problems": [p.__dict__ for p in problems]})
     else:
