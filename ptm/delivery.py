@@ -205,7 +205,9 @@ def _session(
             sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
                 raise paramiko.SSHException("the server refused the sftp subsystem")
-            sftp.get_channel().settimeout(IO_TIMEOUT)  # type: ignore[union-attr]  # set above
+            channel = sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(IO_TIMEOUT)
         try:
             yield sftp
         finally:
@@ -303,7 +305,7 @@ def _upload(
     partial = posixpath.join(posixpath.dirname(remote), PART_PREFIX + secrets.token_hex(8))
     try:
         with _translated(target, f"uploading {local} to {remote}"):
-            size, sha256 = _send(sftp, local, partial)
+            size, sha256 = _send_explained(sftp, local, partial)
             remote_size = sftp.stat(partial).st_size
             if remote_size != size:
                 raise OSError(f"the server holds {remote_size} bytes, {size} were sent")
@@ -314,16 +316,34 @@ def _upload(
     return DeliveredFile(relative, size, sha256)
 
 
+def _send_explained(sftp: paramiko.SFTPClient, local: Path, remote: str) -> tuple[int, str]:
+    try:
+        return _send(sftp, local, remote)
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        # SFTP has no status for "too big" or "over quota": servers answer a plain "Failure"
+        reason = "the server refused the data (a file size limit or quota, or a full disk?)"
+        raise OSError(f"{exc}: {reason}") from exc
+
+
 def _send(sftp: paramiko.SFTPClient, local: Path, remote: str) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     descriptor = os.open(local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(descriptor, "rb") as source, sftp.open(remote, "wb") as sink:
-        sink.set_pipelined(True)  # errors (quota, size limit) still surface, at close at latest
-        while chunk := source.read(CHUNK_BYTES):
+        sink.set_pipelined(True)
+        chunk = source.read(CHUNK_BYTES)
+        while chunk:
+            following = source.read(CHUNK_BYTES)
+            if not following:
+                # paramiko drops the server's answers to pipelined writes; the last write, not
+                # pipelined, waits for every earlier answer and raises the first refusal
+                sink.set_pipelined(False)
             sink.write(chunk)
             digest.update(chunk)
             size += len(chunk)
+            chunk = following
     return size, digest.hexdigest()
 
 

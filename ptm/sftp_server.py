@@ -584,10 +584,11 @@ class SftpService:
         thread.start()
 
     def _serve(self, connection: socket.socket, peer: str) -> None:
-        transport = paramiko.Transport(connection)
-        with self._lock:
-            self._transports.add(transport)
+        transport: paramiko.Transport | None = None
         try:
+            transport = paramiko.Transport(connection)
+            with self._lock:
+                self._transports.add(transport)
             assert self._host_key is not None
             transport.add_server_key(self._host_key)
             transport.set_subsystem_handler("sftp", paramiko.SFTPServer, JailedSftp)
@@ -597,7 +598,10 @@ class SftpService:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             log.info("connection from %s ended: %s", peer, exc)
         finally:
-            transport.close()
+            if transport is None:
+                connection.close()
+            else:
+                transport.close()
             with self._lock:
                 self._transports.discard(transport)
                 self._threads.discard(threading.current_thread())
