@@ -163,20 +163,22 @@ def _expected_host_key(target: SftpTarget) -> PublicKey:
     try:
         return PublicKey.parse(target.host_key)
     except ValueError as exc:
-        raise DeliveryError(f"SFTP target {target.name!r}: host_key: {exc}") from exc
+        raise DeliveryError(_describe(target, "reading its host_key", str(exc))) from exc
 
 
 def _load_client_key(target: SftpTarget) -> paramiko.PKey:
-    where = f"SFTP target {target.name!r}: key file {target.key}"
+    doing = f"reading key file {target.key}"
     try:
         return paramiko.PKey.from_path(target.key)
-    except paramiko.PasswordRequiredException as exc:
-        raise DeliveryError(f"{where} needs a passphrase; use a key without one") from exc
+    # without a password given, cryptography raises TypeError only for an encrypted key
+    except (paramiko.PasswordRequiredException, TypeError) as exc:
+        message = "the key needs a passphrase; use a key without one"
+        raise DeliveryError(_describe(target, doing, message)) from exc
     except OSError as exc:
-        raise DeliveryError(f"{where}: cannot read: {exc.strerror or exc}") from exc
-    except (paramiko.SSHException, ValueError, TypeError) as exc:
-        message = "is not a private key ptm can read (OpenSSH ed25519, ECDSA or RSA)"
-        raise DeliveryError(f"{where} {message}") from exc
+        raise DeliveryError(_describe(target, doing, str(exc.strerror or exc))) from exc
+    except (paramiko.SSHException, ValueError) as exc:
+        message = "not a private key ptm can read (OpenSSH ed25519, ECDSA or RSA)"
+        raise DeliveryError(_describe(target, doing, message)) from exc
 
 
 @contextmanager

@@ -293,7 +293,13 @@ def test_an_unreadable_client_key_is_reported_without_its_content(ttp: Ttp, tmp_
     assert str(bad_key) in str(caught.value)
     assert "c2VjcmV0LXZhbHVl" not in str(caught.value)
 
-    with pytest.raises(DeliveryError, match="missing_key: cannot read"):
+    locked = tmp_path / "locked_key"
+    command = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "passphrase", "-f", str(locked)]
+    subprocess.run(command, check=True, capture_output=True)
+    with pytest.raises(DeliveryError, match="needs a passphrase"):
+        deliver_files(replace(ttp.target, key=locked), outputs, "t/hospital-a")
+
+    with pytest.raises(DeliveryError, match="missing_key: No such file"):
         deliver_files(replace(ttp.target, key=tmp_path / "missing_key"), outputs, "t/x")
 
 
