@@ -4,11 +4,17 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-TEMPLATE_FILES = sorted(
-    str(p.relative_to("registry-template"))
-    for p in Path("registry-template").rglob("*")
-    if p.is_file() and "__pycache__" not in p.parts
-)
+def data_files(folder: str) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder))
+        for p in Path(folder).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+
+
+TEMPLATE_FILES = data_files("registry-template")
+# The examples ship with ptm as ptm.examples: 'ptm demo' builds and runs federated-mean.
+EXAMPLE_FILES = [f for f in data_files("examples") if "/" in f]
 
 setup(
     name="ptm",
@@ -21,12 +27,22 @@ setup(
     # schemas/ and registry-template/ live at the top of the repository (other tools and the
     # registry's CI read them there) and ship inside the package as ptm.schemas and
     # ptm.registry_template, so that a normal, non-editable install finds them too.
-    packages=[*find_packages(include=["ptm", "ptm.*"]), "ptm.schemas", "ptm.registry_template"],
-    package_dir={"ptm.schemas": "schemas", "ptm.registry_template": "registry-template"},
+    packages=[
+        *find_packages(include=["ptm", "ptm.*"]),
+        "ptm.schemas",
+        "ptm.registry_template",
+        "ptm.examples",
+    ],
+    package_dir={
+        "ptm.schemas": "schemas",
+        "ptm.registry_template": "registry-template",
+        "ptm.examples": "examples",
+    },
     package_data={
         "ptm": ["py.typed"],
         "ptm.schemas": ["*.json"],
         "ptm.registry_template": TEMPLATE_FILES,
+        "ptm.examples": EXAMPLE_FILES,
     },
     install_requires=[
         "gitpython>=3.1.30",

@@ -7,6 +7,7 @@ from types import ModuleType
 from ptm.commands import (
     agent_cmd,
     cancel_cmd,
+    demo_cmd,
     policy_cmd,
     registry_cmd,
     results_cmd,
@@ -26,4 +27,5 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     results_cmd,
     cancel_cmd,
     sftp_cmd,
+    demo_cmd,
 )
