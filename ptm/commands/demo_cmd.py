@@ -59,7 +59,9 @@ def _report(outcome: DemoOutcome) -> None:
     say("")
     say(f"Everything is in {outcome.folder}. Look around:")
     say(f"  cd {clone}")
-    say("  git log --show-signature -1 main -- tasks/   # the researcher's signed task")
+    signers = outcome.folder / "allowed_signers"
+    say(f"  git -c gpg.ssh.allowedSignersFile={signers} log --show-signature -1 main"
+        "   # the researcher's signed task")
     say("  git fetch origin 'refs/heads/results/*:refs/remotes/origin/results/*'")
     say("  git log --format='%h %s' origin/results/hospital-a   # one site's ledger")
     say(f"  ptm status {result.task_id} --registry {clone}")
