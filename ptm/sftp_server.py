@@ -22,6 +22,7 @@ import os
 import posixpath
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +46,7 @@ DEFAULT_MAX_FILE_BYTES = 1024**3
 DEFAULT_QUOTA_BYTES = 10 * 1024**3
 LOGIN_GRACE = 30.0  # seconds a connection may take to log in
 ACCEPT_POLL = 0.5  # seconds between checks for stop() while waiting for connections
+MAX_CONNECTIONS = 64  # at once, over all accounts; more are closed at once
 
 log = logging.getLogger("ptm.sftp")
 _P = ParamSpec("_P")
@@ -151,15 +153,21 @@ def _create_host_key(path: Path) -> None:
     )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return  # another start made it first; keep that one
+        descriptor, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
     except OSError as exc:
         raise ConfigError(f"{path}: cannot create host key: {exc.strerror}") from exc
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(draft, path)  # complete or absent, and never replaces a key
+    except FileExistsError:
+        pass  # another start made one first: keep that one
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create host key: {exc.strerror}") from exc
+    finally:
+        Path(draft).unlink()
 
 
 # -- jail and quota -----------------------------------------------------------------------------
@@ -204,7 +212,7 @@ class Jail:
             os.close(descriptor)
 
 
-def regular_file_bytes(folder: int, name: str) -> int:
+def _regular_file_bytes(folder: int, name: str) -> int:
     """Size of ``name`` in ``folder`` when it is a regular file, else 0 (never follows links)."""
     try:
         info = os.stat(name, dir_fd=folder, follow_symlinks=False)
@@ -213,17 +221,13 @@ def regular_file_bytes(folder: int, name: str) -> int:
     return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
 
-def stored_bytes(root: Path) -> int:
+def _stored_bytes(root: Path) -> int:
     """Bytes held by the regular files below ``root``, not following symlinks."""
     total = 0
     for folder, _, files in os.walk(root):
-        total += sum(regular_file_bytes_at(Path(folder) / name) for name in files)
+        infos = [(Path(folder) / name).lstat() for name in files]
+        total += sum(info.st_size for info in infos if stat.S_ISREG(info.st_mode))
     return total
-
-
-def regular_file_bytes_at(path: Path) -> int:
-    info = path.lstat()
-    return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
 
 class Usage:
@@ -346,7 +350,7 @@ class JailedSftp(paramiko.SFTPServerInterface):
     def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> paramiko.SFTPHandle:
         flags = (flags & ~os.O_APPEND) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         with self.jail.folder_of(path) as (folder, name):
-            truncated = regular_file_bytes(folder, name) if flags & os.O_TRUNC else 0
+            truncated = _regular_file_bytes(folder, name) if flags & os.O_TRUNC else 0
             descriptor = os.open(name, flags, 0o600, dir_fd=folder)
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             os.close(descriptor)
@@ -374,7 +378,7 @@ class JailedSftp(paramiko.SFTPServerInterface):
     @_answering_errors
     def remove(self, path: str) -> int:
         with self.jail.folder_of(path) as (folder, name):
-            size = regular_file_bytes(folder, name)
+            size = _regular_file_bytes(folder, name)
             os.unlink(name, dir_fd=folder)
         self.session.usage.release(size)
         return paramiko.sftp.SFTP_OK
@@ -391,7 +395,7 @@ class JailedSftp(paramiko.SFTPServerInterface):
             self.jail.folder_of(oldpath) as (old, old_name),
             self.jail.folder_of(newpath) as (new, new_name),
         ):
-            replaced = regular_file_bytes(new, new_name)
+            replaced = _regular_file_bytes(new, new_name)
             if not replace and _exists(new, new_name):
                 raise FileExistsError(errno.EEXIST, f"{newpath} exists")
             os.rename(old_name, new_name, src_dir_fd=old, dst_dir_fd=new)
@@ -554,7 +558,7 @@ class SftpService:
             for name, account in self.config.accounts.items():
                 folder = root / name
                 folder.mkdir(mode=0o700, exist_ok=True)
-                usage = Usage(account.quota_bytes, stored_bytes(folder))
+                usage = Usage(account.quota_bytes, _stored_bytes(folder))
                 sessions[name] = AccountSession(
                     name, Jail(folder), usage, self.config.max_file_bytes
                 )
@@ -580,7 +584,13 @@ class SftpService:
             target=self._serve, args=(connection, peer), name=f"ptm-sftp {peer}", daemon=True
         )
         with self._lock:
-            self._threads.add(thread)
+            full = len(self._threads) >= MAX_CONNECTIONS
+            if not full:
+                self._threads.add(thread)
+        if full:
+            log.warning("refused a connection from %s: %d already open", peer, MAX_CONNECTIONS)
+            connection.close()
+            return
         thread.start()
 
     def _serve(self, connection: socket.socket, peer: str) -> None:
