@@ -9,14 +9,18 @@ Run it from anywhere with a Python that has ptm installed; --help lists the opti
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
-# The code lives in the package ``examples`` at the repository's root (this folder's name has a
-# dash, so it cannot be a package itself).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from examples.federated_logistic import main
+# This folder's name has a dash, so the code lives in the package above it: ``examples`` at the
+# root of a source checkout, or ``ptm.examples`` when installed with ptm.
+EXAMPLES = Path(__file__).resolve().parents[1]
+if (EXAMPLES.parent / "__init__.py").is_file():
+    PACKAGE = "ptm.examples"
+else:
+    PACKAGE = "examples"
+    sys.path.insert(0, str(EXAMPLES.parent))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(importlib.import_module(f"{PACKAGE}.federated_logistic").main())
