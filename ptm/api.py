@@ -190,7 +190,8 @@ class Registry:
         """Every task and every site's state (from the overview's quick reading)."""
         if refresh:
             self.refresh()
-        return federation.read_overview(self.repo, self.refs)
+        memo = federation.memo_file_for(self.root)
+        return federation.read_overview(self.repo, self.refs, memo_file=memo)
 
     def status(self, task_id: str, *, refresh: bool = True) -> TaskStatus:
         """One task, every site's validated status.yaml; PtmError for an unknown task."""

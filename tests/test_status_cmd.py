@@ -364,7 +364,8 @@ def test_few_git_processes_whatever_the_number_of_sites(
                 for t in ("t1", "t2")
             }
         )
-    assert ptm("status", "--registry", str(federation)) == 0
+    assert ptm("status", "--registry", str(federation)) == 0  # fetches the new branches
+    (federation / ".git" / "ptm-overview-memo.json").unlink()  # read every file again
     trace = tmp_path / "trace.txt"
     monkeypatch.setenv("GIT_TRACE", str(trace))
     assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
@@ -376,6 +377,34 @@ def test_few_git_processes_whatever_the_number_of_sites(
     assert ptm("status", "t1", "--no-fetch", "--registry", str(federation)) == 0
     assert len(_git_processes(trace)) == 2  # for-each-ref, cat-file --batch
     assert "site-09  completed" in capsys.readouterr().out
+
+
+def test_overview_reads_only_files_that_changed(
+    bare_registry: Path,
+    federation: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    memo = federation / ".git" / "ptm-overview-memo.json"
+    assert ptm("status", "--registry", str(federation)) == 0
+    readings = json.loads(memo.read_text())["readings"]
+    assert len(readings) == 3 + 2  # three task.yaml, two status.yaml
+    trace = tmp_path / "trace.txt"
+    monkeypatch.setenv("GIT_TRACE", str(trace))
+    assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
+    assert not [c for c in _git_processes(trace) if "cat-file" in c]
+    monkeypatch.delenv("GIT_TRACE")
+    SiteBranch(bare_registry, "hospital-b").report("t1", "denied", reason="not approved")
+    capsys.readouterr()
+    assert ptm("status", "--registry", str(federation)) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "hospital-b" in line)
+    assert row.split() == ["t1", "hospital-b", "denied", "not", "approved"]
+    assert len(json.loads(memo.read_text())["readings"]) == 5  # the old status is forgotten
+    memo.write_text("{not json")
+    assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
+    assert "1 completed, 1 denied, 2 waiting" in capsys.readouterr().out
+    assert json.loads(memo.read_text())["format"] == 1
 
 
 def test_url_reads_through_a_cache_clone(
