@@ -22,6 +22,7 @@ import posixpath
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ptm.siteconfig import SftpTarget
 CONNECT_TIMEOUT = 15.0  # seconds for TCP connect, SSH banner, key exchange and login
 IO_TIMEOUT = 60.0  # seconds without an answer to one SFTP request
 CHUNK_BYTES = 256 * 1024
+HANG_UP_SECONDS = 2.0  # waiting for the server to close the session
 PART_PREFIX = ".ptm-part-"  # temporary upload names start with this
 
 # Host key algorithms a client may negotiate for each public key type it was told to expect.
@@ -213,9 +215,21 @@ def _session(
         try:
             yield sftp
         finally:
-            sftp.close()
+            _hang_up(sftp)
     finally:
         transport.close()
+
+
+def _hang_up(sftp: paramiko.SFTPClient) -> None:
+    """End the session the way the server expects, so it sees a clean end, not a reset."""
+    channel = sftp.get_channel()
+    if channel is not None and not channel.closed:
+        with suppress(OSError, paramiko.SSHException, EOFError):
+            channel.shutdown_write()  # the server's SFTP loop ends and closes the channel
+            deadline = time.monotonic() + HANG_UP_SECONDS
+            while not channel.closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+    sftp.close()
 
 
 def _connect(
