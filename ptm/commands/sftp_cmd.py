@@ -8,6 +8,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -59,7 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
         service = SftpService(config)
         port = service.start()
         try:
-            say(f"ptm sftp: listening on {config.host}:{port}")
+            say(f"ptm sftp: listening on {replace(config, port=port).listen}")
             say(f"ptm sftp: host key {service.host_key.line}")
             while service.running and not stop.wait(1.0):
                 pass
