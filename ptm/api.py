@@ -34,16 +34,12 @@ from typing import Any
 
 from ptm import federation
 from ptm.errors import InvalidDocument, PtmError
-from ptm.federation import (
-    CollectedSite,
-    Overview,
-    RegistryRefs,
-    TaskStatus,
-    is_safe_relative_path,
-)
+from ptm.federation import Overview, RegistryRefs, TaskStatus
 from ptm.gitrepo import GitRepo
+from ptm.gittrees import read_blobs
 from ptm.ledger import LOG_FILE, OUTPUT_DIR
 from ptm.names import check_name
+from ptm.overview_memo import OverviewMemo, memo_path
 from ptm.registry import (
     REGISTRY_FILE,
     commit,
@@ -52,6 +48,7 @@ from ptm.registry import (
     signing_options,
     tasks_branch,
 )
+from ptm.result_files import CollectedSite, collect_results, is_safe_relative_path
 from ptm.schema import dump_yaml, load_yaml_text, problems_in
 from ptm.status import StatusRecord
 from ptm.submission import Submitted, TaskDraft, submit_task, write_task
@@ -190,8 +187,8 @@ class Registry:
         """Every task and every site's state (from the overview's quick reading)."""
         if refresh:
             self.refresh()
-        memo = federation.memo_file_for(self.root)
-        return federation.read_overview(self.repo, self.refs, memo_file=memo)
+        memo = OverviewMemo(memo_path(self.root))
+        return federation.read_overview(self.repo, self.refs, memo=memo)
 
     def status(self, task_id: str, *, refresh: bool = True) -> TaskStatus:
         """One task, every site's validated status.yaml; PtmError for an unknown task."""
@@ -240,7 +237,7 @@ class Registry:
         """
         status = self.status(task_id, refresh=refresh)
         target = out_dir if out_dir is not None else Path("results") / task_id
-        collected = federation.collect_results(self.repo, self.refs, status, target, sites=sites)
+        collected = collect_results(self.repo, self.refs, status, target, sites=sites)
         return {site: _site_result(status, done) for site, done in collected.items()}
 
     # -- writing ------------------------------------------------------------------------------
@@ -358,7 +355,7 @@ def cancel_task(
 
 def _check_cancellable(repo: GitRepo, refs: RegistryRefs, task_id: str) -> None:
     task_dir = f"{TASKS_DIR}/{task_id}"
-    task_data, cancel_data = federation.read_blobs(
+    task_data, cancel_data = read_blobs(
         repo,
         [f"{refs.tasks_ref}:{task_dir}/{TASK_FILE}", f"{refs.tasks_ref}:{task_dir}/{CANCEL_FILE}"],
     )

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from ptm.commands.results_cmd import ProgressLine
-from ptm.federation import TaskStatus, is_safe_relative_path
+from ptm.federation import TaskStatus
 from ptm.main import main
+from ptm.result_files import is_safe_relative_path
 from tests.test_status_cmd import SiteBranch, add_task, final_result, publish, status_yaml
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ptm.federation import quick_fields
+from ptm.flatyaml import quick_fields
 from ptm.main import main
 from ptm.registry import DEFAULT_BRANCH
 from ptm.schema import dump_yaml, load_yaml_text
@@ -393,18 +393,24 @@ def test_overview_reads_only_files_that_changed(
     trace = tmp_path / "trace.txt"
     monkeypatch.setenv("GIT_TRACE", str(trace))
     assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
-    assert not [c for c in _git_processes(trace) if "cat-file" in c]
+    # nothing moved: no branch is listed again, no file read again
+    assert [c.split("git ", 1)[1].split()[0] for c in _git_processes(trace)] == [
+        "rev-parse",
+        "for-each-ref",
+    ]
     monkeypatch.delenv("GIT_TRACE")
     SiteBranch(bare_registry, "hospital-b").report("t1", "denied", reason="not approved")
     capsys.readouterr()
     assert ptm("status", "--registry", str(federation)) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "hospital-b" in line)
     assert row.split() == ["t1", "hospital-b", "denied", "not", "approved"]
-    assert len(json.loads(memo.read_text())["readings"]) == 5  # the old status is forgotten
+    document = json.loads(memo.read_text())
+    assert len(document["readings"]) == 5  # the old status is forgotten
+    assert len(document["listings"]) == 1 + 2  # the tasks branch and two results branches
     memo.write_text("{not json")
     assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
     assert "1 completed, 1 denied, 2 waiting" in capsys.readouterr().out
-    assert json.loads(memo.read_text())["format"] == 1
+    assert json.loads(memo.read_text())["format"] == 2
 
 
 def test_url_reads_through_a_cache_clone(
