@@ -19,40 +19,44 @@ URL, or the path of a bare repository); a URL is read through a cache clone unde
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
+import contextlib
 import os
-import re
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ptm import federation
-from ptm.errors import InvalidDocument, PtmError
+from ptm.cancellation import Cancelled, cancel_task
+from ptm.errors import PtmError
 from ptm.federation import Overview, RegistryRefs, TaskStatus
 from ptm.gitrepo import GitRepo
-from ptm.gittrees import read_blobs
 from ptm.ledger import LOG_FILE, OUTPUT_DIR
-from ptm.names import check_name
 from ptm.overview_memo import OverviewMemo, memo_path
-from ptm.registry import (
-    REGISTRY_FILE,
-    commit,
-    find_registry_root,
-    push_with_rebase,
-    signing_options,
-    tasks_branch,
+from ptm.registry import REGISTRY_FILE, find_registry_root, tasks_branch
+from ptm.registry_cache import (
+    cache_clone,
+    cache_home,
+    cache_lock,
+    is_bare_repository,
+    looks_like_url,
 )
 from ptm.result_files import CollectedSite, collect_results, is_safe_relative_path
-from ptm.schema import dump_yaml, load_yaml_text, problems_in
 from ptm.status import StatusRecord
 from ptm.submission import Submitted, TaskDraft, submit_task, write_task
-from ptm.task import CANCEL_FILE, TASK_FILE, TASKS_DIR
+
+__all__ = [
+    "Cancelled",
+    "Overview",
+    "Registry",
+    "SiteResult",
+    "Submitted",
+    "TaskDraft",
+    "TaskStatus",
+    "WaitTimedOut",
+    "draft_from_mapping",
+]
 
 DEFAULT_REMOTE = "origin"
 DEFAULT_POLL_INTERVAL = 5.0
@@ -112,14 +116,6 @@ class SiteResult:
 
 
 @dataclass(frozen=True)
-class Cancelled:
-    task_id: str
-    commit: str
-    signed: bool
-    requested_by: str | None
-
-
-@dataclass(frozen=True)
 class Registry:
     """A task registry, through a local clone (yours, or ptm's cache clone of ``url``)."""
 
@@ -142,7 +138,7 @@ class Registry:
         if location is None:
             return cls.open_clone(Path.cwd(), remote=remote)
         text = os.fspath(location)
-        if _looks_like_url(text) or _is_bare_repository(Path(text)):
+        if looks_like_url(text) or is_bare_repository(Path(text)):
             return cls.open_url(text, cache_dir=cache_dir)
         return cls.open_clone(Path(text), remote=remote)
 
@@ -154,9 +150,9 @@ class Registry:
     @classmethod
     def open_url(cls, url: str, *, cache_dir: Path | None = None) -> Registry:
         """Clone ``url`` into the cache (once), bring it up to date and return it."""
-        if _is_bare_repository(Path(url)):
+        if is_bare_repository(Path(url)):
             url = str(Path(url).resolve())
-        root = _cache_clone(url, cache_dir if cache_dir is not None else cache_home())
+        root = cache_clone(url, cache_dir if cache_dir is not None else cache_home())
         if not (root / REGISTRY_FILE).is_file():
             raise PtmError(f"{url}: not a ptm registry (no {REGISTRY_FILE} on its default branch)")
         registry = cls(root, tasks_branch(root), DEFAULT_REMOTE, url)
@@ -173,7 +169,7 @@ class Registry:
 
     def refresh(self) -> None:
         """Fetch the tasks branch and every results branch (one ``git fetch``)."""
-        with _cache_lock(self.root) if self.url else _no_lock():
+        with cache_lock(self.root) if self.url else contextlib.nullcontext():
             federation.fetch(self.repo, self.refs)
             if self.url is not None:  # our own cache clone: make it match the registry
                 self.repo.run(
@@ -313,129 +309,4 @@ def _site_result(status: TaskStatus, collected: CollectedSite) -> SiteResult:
         collected.files,
         record,
         collected.refused,
-    )
-
-
-# -- cancelling --------------------------------------------------------------------------------
-
-
-def cancel_task(
-    root: Path,
-    task_id: str,
-    *,
-    reason: str,
-    branch: str,
-    sign_key: Path | None,
-    remote: str = DEFAULT_REMOTE,
-    on_retry: RetryCallback | None = None,
-) -> Cancelled:
-    """Refuse unknown and already cancelled tasks; else commit cancel.yaml and push it."""
-    source = f"{TASKS_DIR}/{task_id}/{CANCEL_FILE}"
-    check_name(task_id, kind="task id", source=source)
-    repo = GitRepo(root)
-    refs = RegistryRefs(remote, branch)
-    repo.run("fetch", "--quiet", "--no-tags", remote, refs.refspecs()[0])
-    _check_cancellable(repo, refs, task_id)
-    if repo.is_ancestor("HEAD", refs.tasks_ref):  # a clone that is merely behind: catch up
-        repo.run("merge", "--quiet", "--ff-only", refs.tasks_ref)
-    requested_by = repo.config_value("user.email")
-    document: dict[str, Any] = {"ptm": 1, "reason": reason}
-    if requested_by:
-        document["requested_by"] = requested_by
-    problems = problems_in(document, "cancel", source=source)
-    if problems:
-        raise InvalidDocument(problems)
-    _write_text(root / source, dump_yaml(document))
-    _, signed = signing_options(repo, sign_key)
-    summary = " ".join(reason.split())[:300]
-    commit(repo, [source], f"Cancel task {task_id}\n\nReason: {summary}", sign_key=sign_key)
-    push_with_rebase(repo, branch, sign_key=sign_key, remote=remote, on_retry=on_retry)
-    return Cancelled(task_id, repo.run("rev-parse", "HEAD"), signed, requested_by)
-
-
-def _check_cancellable(repo: GitRepo, refs: RegistryRefs, task_id: str) -> None:
-    task_dir = f"{TASKS_DIR}/{task_id}"
-    task_data, cancel_data = read_blobs(
-        repo,
-        [f"{refs.tasks_ref}:{task_dir}/{TASK_FILE}", f"{refs.tasks_ref}:{task_dir}/{CANCEL_FILE}"],
-    )
-    if task_data is None:
-        raise PtmError(f"no task {task_id!r} in the registry (branch {refs.tasks_branch})")
-    if cancel_data is not None:
-        raise PtmError(f"task {task_id} is cancelled already{_cancel_reason(cancel_data)}")
-
-
-def _cancel_reason(data: bytes) -> str:
-    try:
-        reason = load_yaml_text(data, source=CANCEL_FILE).get("reason")
-    except InvalidDocument:
-        return ""
-    return f" (reason: {' '.join(str(reason).split())[:200]})" if reason else ""
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-
-
-# -- the cache of registries opened by URL -----------------------------------------------------
-
-
-def cache_home() -> Path:
-    """``$XDG_CACHE_HOME/ptm/registries`` (``~/.cache/ptm/registries`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ptm" / "registries"
-
-
-def cache_clone_path(cache_dir: Path, url: str) -> Path:
-    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
-    last = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git").lower()
-    slug = re.sub(r"[^a-z0-9]+", "-", last).strip("-")[:40] or "registry"
-    return cache_dir / f"{slug}-{digest}"
-
-
-def _cache_clone(url: str, cache_dir: Path) -> Path:
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError:  # no usable cache folder (read-only home…): a private temporary one
-        cache_dir = Path(tempfile.mkdtemp(prefix="ptm-registries-"))
-    path = cache_clone_path(cache_dir, url)
-    with _cache_lock(path):
-        if (path / ".git").is_dir():
-            return path
-        partial = path.with_name(path.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        GitRepo(cache_dir).run("clone", "--quiet", "--no-tags", "--", url, str(partial))
-        partial.rename(path)
-    return path
-
-
-@contextmanager
-def _cache_lock(path: Path) -> Iterator[None]:
-    """One ptm at a time clones or updates a cache clone (git's own locks would just fail)."""
-    with open(path.with_name(path.name + ".lock"), "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _no_lock() -> Iterator[None]:
-    yield
-
-
-_SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:")
-
-
-def _looks_like_url(text: str) -> bool:
-    return "://" in text or _SCP_LIKE.match(text) is not None
-
-
-def _is_bare_repository(path: Path) -> bool:
-    return (
-        (path / "HEAD").is_file() and (path / "objects").is_dir() and not (path / ".git").exists()
     )

@@ -1,16 +1,16 @@
 """The federation as one registry shows it: tasks on the tasks branch, results on ``results/*``.
 
-Reading is built for registries with thousands of tasks and dozens of sites, with few git
-processes whatever the size: one ``git fetch`` brings the tasks branch and every results branch,
-one ``git ls-tree -r`` per results branch lists what a site reported, and one
-``git cat-file --batch`` reads all the files needed. For the overview, status and task files are
-read by ``quick_fields`` (fast, for flat YAML such as ptm writes), falling back to the strict
-loader whenever it is not sure; ``read_task_status`` validates each file in full.
+Built for registries with thousands of tasks and dozens of sites, with few git processes
+whatever the size: one ``git fetch`` (``fetch``) brings the tasks branch and every results
+branch; ``read_overview`` lists each branch with one ``git ls-tree -r`` (only branches whose tip
+moved since the last run, with an ``OverviewMemo``) and reads the files it needs with one
+``git cat-file --batch``, through ``ptm.flatyaml``'s quick reading; ``read_task_status`` reads
+one task's files with one ``git cat-file --batch`` and validates each in full.
 
 Nothing on a results branch is trusted. A branch whose name is not ``results/<valid site>`` is
 ignored and listed; a site speaks only for itself (files on ``results/a`` under
 ``results/<task>/b/`` are not read); a status that cannot be read shows as ``invalid``, with the
-problem, instead of stopping the whole overview; paths are checked before anything is written.
+problem, instead of stopping the whole overview.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ptm.api import Registry, WaitTimedOut, cache_clone_path, draft_from_mapping
+from ptm.api import Registry, WaitTimedOut, draft_from_mapping
 from ptm.errors import PtmError
 from ptm.federation import WAITING
+from ptm.registry_cache import cache_clone_path
 from ptm.submission import TaskDraft
 from tests.fixtures_git import SigningKey, git, write_allowed_signers
 from tests.test_status_cmd import SiteBranch, final_result
