@@ -24,7 +24,7 @@ from ptm.status import State, StatusRecord, utc_now_text
 from ptm.sync import TaskChange, TasksMirror
 from ptm.task import Task, load_task
 from ptm.watch import RefsWatcher, local_registry_path
-from ptm.workdir import AgentState, WorkDir
+from ptm.workdir import WorkDir
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,11 @@ class Agent:
             self.workdir.save_state(state.with_halt(str(exc)))
             self.log.error("%s", exc, extra={"decision": "halted"})
             return CycleReport(head, 0, 0, self.publish(), idle=True)
-        self.mirror.checkout(head)
         changes = self.mirror.changes(state.processed, head)
         new = sum(1 for c in changes if c.is_new)
+        texts = self.mirror.task_texts([c.task_id for c in changes if c.task_file], head)
         for change in changes:
-            self._handle(change, head, state)
+            self._handle(change, head, texts.get(change.task_id))
         self.workdir.save_state(state.with_processed(head))
         with self._lock:
             started = self._start_queued()
@@ -156,17 +156,14 @@ class Agent:
 
     # ---- planning ------------------------------------------------------------------------
 
-    def _handle(self, change: TaskChange, head: str, state: AgentState) -> None:
+    def _handle(self, change: TaskChange, head: str, text: bytes | None) -> None:
         existing = self.ledger.status_of(change.task_id)
         if existing is not None:
             self._handle_known(change, existing)
             return
-        if (
-            change.task_file in {None, "D"}
-            and not (self.mirror.task_dir(change.task_id) / "task.yaml").is_file()
-        ):
-            return
-        self._receive(change.task_id, head, cancel_now=change.cancel_added)
+        if text is None and not self.mirror.has_task(change.task_id, head):
+            return  # deleted, or only files without a task.yaml: nothing to act on
+        self._receive(change.task_id, head, text=text, cancel_now=change.cancel_added)
 
     def _handle_known(self, change: TaskChange, existing: StatusRecord) -> None:
         if change.alters_task:
@@ -179,8 +176,8 @@ class Agent:
         if change.cancel_added and not is_final(existing.state):
             self._request_cancel(change.task_id, existing)
 
-    def _receive(self, task_id: str, head: str, *, cancel_now: bool) -> None:
-        verdict = judge(self.mirror, self.config, task_id, head)
+    def _receive(self, task_id: str, head: str, *, text: bytes | None, cancel_now: bool) -> None:
+        verdict = judge(self.mirror, self.config, task_id, head, text=text)
         decision = verdict.decision
         if not decision.for_this_site:
             self.log.debug("task %s is not for this site", task_id, extra={"task": task_id})
@@ -246,7 +243,8 @@ class Agent:
         elif record.state == "reviewing" and decision.verdict == "release":
             self.execution.release(task_id, decided_by=by)
         elif record.state == "awaiting_approval" and decision.verdict == "approve":
-            task = load_task(self.mirror.task_dir(task_id), task_id=task_id)
+            task_dir = self.mirror.materialize(task_id, record.task_commit)
+            task = load_task(task_dir, task_id=task_id)
             self._accept(task, replace(record, reason=None, decided_by=by))
         else:
             self.log.warning(
@@ -271,7 +269,7 @@ class Agent:
 
     def _accept(self, task: Task, record: StatusRecord) -> None:
         accepted = replace(record, state="accepted")
-        prepare_run(self.workdir, task, self.mirror.task_dir(task.id))
+        prepare_run(self.workdir, task, self.mirror.materialize(task.id, record.task_commit))
         self.ledger.record(accepted)
         self.log.info(
             "task %s accepted (image %s)",
@@ -340,11 +338,11 @@ class Agent:
     def _resume_open_tasks(self) -> None:
         containers = {ref.task_id: ref for ref in self.runtime.find_containers(self.config.site)}
         for record in self.ledger.open_tasks():
-            task_dir = self.mirror.task_dir(record.task)
             container = containers.get(record.task)
             if record.state in {"awaiting_approval", "reviewing"}:
                 continue
             try:
+                task_dir = self.mirror.materialize(record.task, record.task_commit)
                 task = load_task(task_dir, task_id=record.task)
             except PtmError as exc:
                 self._finish_now(record, "crashed", f"cannot resume: {exc}")

@@ -54,8 +54,9 @@ def check_engine(docker_host: str | None) -> str:
     try:
         return DockerRuntime(docker_host).ping()
     except RuntimeUnavailable as exc:
-        raise PtmError(f"ptm demo needs a Docker engine and none is reachable ({exc}). "
-                       f"{ENGINE_HINT}") from exc
+        raise PtmError(
+            f"ptm demo needs a Docker engine and none is reachable ({exc}). {ENGINE_HINT}"
+        ) from exc
 
 
 def run_demo(folder: Path, *, say: Callable[[str], None], timeout: float = 300) -> DemoOutcome:
@@ -76,8 +77,13 @@ def run_demo(folder: Path, *, say: Callable[[str], None], timeout: float = 300) 
     subprocess.run(["git", "clone", "-q", str(registry), str(clone)], check=True)
     with _agents(configs):
         say(f"Agents started. Submitting task {TASK_ID!r} as {RESEARCHER} (signed) …")
-        federation = Federation(Registry.open(clone), sites=SITES, sign_key=researcher_key,
-                                timeout=timeout, poll_interval=1.0)
+        federation = Federation(
+            Registry.open(clone),
+            sites=SITES,
+            sign_key=researcher_key,
+            timeout=timeout,
+            poll_interval=1.0,
+        )
         result = run_federated_mean(federation, column=COLUMN, task_id=TASK_ID)
     pooled = pooled_mean([data[s] for s in SITES], COLUMN)
     return DemoOutcome(folder, registry, clone, result, pooled)
@@ -89,8 +95,9 @@ def _agents(configs: list[Path]) -> Iterator[None]:
     threads = []
     for config in configs:
         agent = Agent(load_site_config(config), DockerRuntime(None))
-        thread = threading.Thread(target=run_until_stopped, args=(agent, stop),
-                                  name=f"demo-{config.stem}", daemon=True)
+        thread = threading.Thread(
+            target=run_until_stopped, args=(agent, stop), name=f"demo-{config.stem}", daemon=True
+        )
         thread.start()
         threads.append(thread)
     try:
@@ -128,8 +135,9 @@ def _site_config(folder: Path, site: str, registry: Path, signers: Path, data: P
 
 def _ssh_key(path: Path, comment: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f",
-                    str(path)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True
+    )
     return path
 
 

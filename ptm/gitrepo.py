@@ -142,6 +142,13 @@ class GitRepo:
         except RegistryError:
             return None
 
+    def is_tree(self, rev: str) -> bool:
+        """True when ``rev`` (e.g. ``<commit>:tasks/t1``) names a folder."""
+        try:
+            return self.run("cat-file", "-t", rev) == "tree"
+        except RegistryError:
+            return False
+
     def is_ancestor(self, older: str, newer: str) -> bool:
         return self.succeeds("merge-base", "--is-ancestor", older, newer)
 

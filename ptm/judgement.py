@@ -9,9 +9,11 @@ from pathlib import Path
 from ptm.errors import InvalidDocument
 from ptm.gitrepo import SignatureCheck
 from ptm.policy import Decision, Evidence, decide
+from ptm.schema import load_yaml_text
 from ptm.siteconfig import SiteConfig
 from ptm.sync import TasksMirror
-from ptm.task import TASK_FILE, Task, load_task
+from ptm.task import TASK_FILE, TASKS_DIR, Task, load_task
+from ptm.validation import problems_in_task_dir
 
 
 @dataclass(frozen=True)
@@ -25,23 +27,46 @@ class Judgement:
     task_commit: str
 
 
-def judge(mirror: TasksMirror, config: SiteConfig, task_id: str, head: str) -> Judgement:
-    """Judge ``tasks/<id>/`` as checked out in ``mirror`` at ``head``."""
-    task_dir = mirror.task_dir(task_id)
-    task_commit = mirror.task_commit(task_id, head)
-    try:
-        task = load_task(task_dir, task_id=task_id)
-    except InvalidDocument as exc:
+def judge(
+    mirror: TasksMirror, config: SiteConfig, task_id: str, head: str, *, text: bytes | None = None
+) -> Judgement:
+    """Judge ``tasks/<id>/`` as it is at ``head``.
+
+    ``text`` (task.yaml, read in one batch for every changed task) lets a task that plainly
+    concerns other sites be passed over without writing its folder out or asking git about
+    its history, so that the first sync of a large registry stays cheap.
+    """
+    foreign = _foreign_task(task_id, text, config.site) if text is not None else None
+    if foreign is not None:
+        return Judgement(task_id, foreign, None, decide(foreign, config, Evidence()), head)
+    task_dir = mirror.materialize(task_id, head)
+    problems = problems_in_task_dir(task_dir, source=f"{TASKS_DIR}/{task_id}")
+    if problems:
+        invalid = InvalidDocument(problems)
         names_us = _may_name_site(task_dir / TASK_FILE, config.site)
-        reason = f"invalid task: {exc}"
-        decision = Decision(names_us, (reason,), None, needs_approval=False)
-        return Judgement(task_id, None, exc, decision, task_commit)
+        decision = Decision(names_us, (f"invalid task: {invalid}",), None, needs_approval=False)
+        commit = mirror.task_commit(task_id, head) if names_us else head
+        return Judgement(task_id, None, invalid, decision, commit)
+    task = load_task(task_dir, task_id=task_id)
+    if not task.targets(config.site):
+        return Judgement(task_id, task, None, decide(task, config, Evidence()), head)
+    task_commit = mirror.task_commit(task_id, head)
     signatures: tuple[SignatureCheck, ...] = ()
     signers = config.policy.allowed_signers
     if config.policy.require_signed_tasks and signers is not None:
         signatures = tuple(mirror.signatures(mirror.task_commits(task_id, head), signers))
     decision = decide(task, config, Evidence(signatures=signatures))
     return Judgement(task_id, task, None, decision, task_commit)
+
+
+def _foreign_task(task_id: str, text: bytes, site: str) -> Task | None:
+    """The task, when its task.yaml is valid and names only other sites; None otherwise."""
+    source = f"{TASKS_DIR}/{task_id}/{TASK_FILE}"
+    try:
+        task = Task.from_document(task_id, load_yaml_text(text, source=source), source=source)
+    except InvalidDocument:
+        return None
+    return None if task.targets(site) else task
 
 
 def _may_name_site(task_file: Path, site: str) -> bool:

@@ -35,6 +35,7 @@ def ssh_environment(ssh_key: Path | None) -> dict[str, str]:
 
 def init_registry(path: Path, *, bare: bool, branch: str = DEFAULT_BRANCH) -> None:
     """Create a registry at ``path`` from the template; a bare one gets the template committed."""
+    path = path.absolute()
     if path.exists() and any(path.iterdir()):
         raise PtmError(f"{path}: exists and is not empty; a registry needs a new folder")
     path.mkdir(parents=True, exist_ok=True)
@@ -74,10 +75,13 @@ def find_registry_root(start: Path) -> Path:
     )
 
 
-def clone(url: str, dest: Path, *, branch: str, ssh_key: Path | None = None) -> GitRepo:
+def clone(
+    url: str, dest: Path, *, branch: str, ssh_key: Path | None = None, checkout: bool = True
+) -> GitRepo:
     dest.parent.mkdir(parents=True, exist_ok=True)
     repo = GitRepo(dest.parent, env=ssh_environment(ssh_key))
-    repo.run("clone", "--quiet", "--branch", branch, "--", url, str(dest))
+    no_checkout = [] if checkout else ["--no-checkout"]
+    repo.run("clone", "--quiet", *no_checkout, "--branch", branch, "--", url, str(dest))
     return GitRepo(dest, env=ssh_environment(ssh_key))
 
 

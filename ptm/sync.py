@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ptm.errors import RegistryError, TamperingDetected
 from ptm.gitrepo import FileChange, GitRepo, SignatureCheck
+from ptm.gittrees import read_blobs
 from ptm.registry import TASKS_DIR, clone, ssh_environment
 from ptm.task import CANCEL_FILE, TASK_FILE
 
@@ -54,6 +57,26 @@ def group_changes(changes: Iterable[FileChange]) -> list[TaskChange]:
     ]
 
 
+def extract_task(archive: bytes, target: Path) -> None:
+    """Unpack a ``git archive`` of one task folder: folders, regular files and symlinks (kept
+    as links, never followed: validation refuses them), nothing outside ``target``."""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            relative = member.name.strip("/")
+            if not relative or member.name.startswith("/") or ".." in relative.split("/"):
+                continue
+            path = target / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if member.isdir():
+                path.mkdir(exist_ok=True)
+            elif member.issym():
+                path.symlink_to(member.linkname)
+            elif member.isfile():
+                source = tar.extractfile(member)
+                if source is not None:
+                    path.write_bytes(source.read())
+
+
 def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
@@ -78,7 +101,7 @@ class TasksMirror:
         tmp = self.path.with_name(self.path.name + ".partial")
         if tmp.exists():
             shutil.rmtree(tmp)
-        clone(self.url, tmp, branch=self.branch, ssh_key=self.ssh_key)
+        clone(self.url, tmp, branch=self.branch, ssh_key=self.ssh_key, checkout=False)
         tmp.rename(self.path)
 
     def remote_head(self) -> str | None:
@@ -109,11 +132,29 @@ class TasksMirror:
     def changes(self, processed: str | None, head: str) -> list[TaskChange]:
         return group_changes(self.repo.changed_paths(processed, head, under=f"{TASKS_DIR}/"))
 
-    def checkout(self, commit: str) -> None:
-        self.repo.run("checkout", "--quiet", "--force", "--detach", commit)
+    def has_task(self, task_id: str, commit: str) -> bool:
+        return bool(self.repo.list_tree(commit, f"{TASKS_DIR}/{task_id}/{TASK_FILE}"))
 
-    def task_dir(self, task_id: str) -> Path:
-        return self.path / TASKS_DIR / task_id
+    def task_texts(self, task_ids: list[str], commit: str) -> dict[str, bytes]:
+        """Each task's ``task.yaml`` at ``commit``, read by one git process for all of them."""
+        specs = [f"{commit}:{TASKS_DIR}/{task_id}/{TASK_FILE}" for task_id in task_ids]
+        blobs = read_blobs(self.repo, specs) if specs else []
+        return {t: blob for t, blob in zip(task_ids, blobs, strict=True) if blob is not None}
+
+    def materialize(self, task_id: str, commit: str, *, into: Path | None = None) -> Path:
+        """``tasks/<id>/`` as it is at ``commit``, written to ``into/<id>`` (default: a folder
+        beside the clone). The clone has no working tree: checking out a large registry on
+        every cycle would cost time in proportion to its size."""
+        target = (into or self.path.with_name("tasks")) / task_id
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        folder = f"{commit}:{TASKS_DIR}/{task_id}"
+        if not self.repo.is_tree(folder):
+            return target
+        # Archiving the task's own tree, not the commit with a pathspec: git would otherwise
+        # walk the whole registry tree to match the path.
+        extract_task(self.repo.run_bytes("archive", "--format=tar", folder), target)
+        return target
 
     def task_commit(self, task_id: str, head: str) -> str:
         """The newest commit up to ``head`` that touched ``tasks/<id>/``."""

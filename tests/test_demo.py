@@ -15,7 +15,10 @@ from tests.fixtures_git import git
 def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ptm", "demo", *args],
-        capture_output=True, text=True, timeout=600, env=env or os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env or os.environ.copy(),
     )
 
 
@@ -32,8 +35,17 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, docker_client: object) -> 
     assert "(difference 0.00e+00)" in out
     registry = folder / "registry.git"
     signers = folder / "allowed_signers"
-    task_signature = git(registry, "-c", f"gpg.ssh.allowedSignersFile={signers}", "log", "-1",
-                         "--format=%G? %GS", "main", "--", "tasks/mean-age")
+    task_signature = git(
+        registry,
+        "-c",
+        f"gpg.ssh.allowedSignersFile={signers}",
+        "log",
+        "-1",
+        "--format=%G? %GS",
+        "main",
+        "--",
+        "tasks/mean-age",
+    )
     assert task_signature == "G researcher@demo.example"
     branches = git(registry, "branch", "--list", "results/*").split()
     assert branches == ["results/hospital-a", "results/hospital-b", "results/hospital-c"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,8 @@ def run_pending(args: argparse.Namespace) -> int:
         branch=config.registry.branch,
         ssh_key=config.registry.ssh_key,
     )
-    details = [_pending_detail(r, mirror) for r in waiting]
+    with tempfile.TemporaryDirectory(prefix="ptm-pending-") as scratch:
+        details = [_pending_detail(r, mirror, Path(scratch)) for r in waiting]
     if args.json:
         print_json(details)
         return 0
@@ -110,8 +112,8 @@ def run_pending(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pending_detail(record: StatusRecord, mirror: TasksMirror) -> dict[str, Any]:
-    task_dir = mirror.task_dir(record.task)
+def _pending_detail(record: StatusRecord, mirror: TasksMirror, scratch: Path) -> dict[str, Any]:
+    task_dir = mirror.materialize(record.task, record.task_commit, into=scratch)
     files_dir = task_dir / "files"
     files = (
         sorted(str(p.relative_to(files_dir)) for p in files_dir.rglob("*") if p.is_file())

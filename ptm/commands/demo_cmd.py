@@ -24,10 +24,19 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "researcher commit, and print the per-site and combined results. Needs a reachable "
         "Docker engine. Everything stays in one folder for you to explore.",
     )
-    parser.add_argument("--folder", type=Path, metavar="DIR",
-                        help="where to build it (a new or empty folder; default: a temp folder)")
-    parser.add_argument("--timeout", type=float, default=300, metavar="SECONDS",
-                        help="how long to wait for the sites (default 300)")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        metavar="DIR",
+        help="where to build it (a new or empty folder; default: a temp folder)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        metavar="SECONDS",
+        help="how long to wait for the sites (default 300)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the agents' logs")
     parser.set_defaults(handler=run)
 
@@ -50,8 +59,10 @@ def _report(outcome: DemoOutcome) -> None:
     say(format_result(result))
     if result.mean is not None:
         difference = abs(result.mean - outcome.pooled_mean)
-        say(f"Check: the mean over all patients in one place is {outcome.pooled_mean:.4f} "
-            f"(difference {difference:.2e}); only a demo can compute it, a study cannot.")
+        say(
+            f"Check: the mean over all patients in one place is {outcome.pooled_mean:.4f} "
+            f"(difference {difference:.2e}); only a demo can compute it, a study cannot."
+        )
     say("")
     say("ptm status:")
     say(overview_text(Registry.open(outcome.researcher_clone).overview()))
@@ -60,8 +71,10 @@ def _report(outcome: DemoOutcome) -> None:
     say(f"Everything is in {outcome.folder}. Look around:")
     say(f"  cd {clone}")
     signers = outcome.folder / "allowed_signers"
-    say(f"  git -c gpg.ssh.allowedSignersFile={signers} log --show-signature -1 main"
-        "   # the researcher's signed task")
+    say(
+        f"  git -c gpg.ssh.allowedSignersFile={signers} log --show-signature -1 main"
+        "   # the researcher's signed task"
+    )
     say("  git fetch origin 'refs/heads/results/*:refs/remotes/origin/results/*'")
     say("  git log --format='%h %s' origin/results/hospital-a   # one site's ledger")
     say(f"  ptm status {result.task_id} --registry {clone}")

@@ -42,7 +42,7 @@ def run_explain(args: argparse.Namespace) -> int:
         )
         mirror.ensure_clone()
         head = mirror.fetch()
-        if not mirror.task_dir(args.task_id).is_dir():
+        if not mirror.has_task(args.task_id, head):
             say(
                 f"task {args.task_id!r} is not on branch {config.registry.branch} of "
                 f"{config.registry.url}"
