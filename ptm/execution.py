@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ptm.decisions import held_dir
-from ptm.errors import ContainerError, OutputRejected, PtmError
+from ptm.delivery import deliver_files
+from ptm.errors import ContainerError, DeliveryError, OutputRejected, PtmError
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, STATUS_FILE, Ledger
 from ptm.outputs import OutputReport, collect_outputs
 from ptm.runtimes.base import ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
@@ -22,6 +23,7 @@ from ptm.workdir import WorkDir, write_atomically
 
 CONFIG_NAME = "config.yaml"
 HELD_STATES = frozenset({"completed", "failed"})
+DELIVER_FILE = "deliver-to"
 
 
 @dataclass(frozen=True)
@@ -162,11 +164,13 @@ class TaskExecution:
                 replace(record, state="failed", reason=reason),
                 log=outcome.log,
                 outputs=folders.collected_dir,
+                deliver=task.deliver_sftp,
             )
         return self._finish(
             replace(record, state="completed", reason=None),
             log=outcome.log,
             outputs=folders.collected_dir,
+            deliver=task.deliver_sftp,
         )
 
     def _collect(self, folders: RunFolders) -> OutputReport:
@@ -185,22 +189,50 @@ class TaskExecution:
         return record
 
     def _finish(
-        self, record: StatusRecord, *, log: bytes | None = None, outputs: Path | None = None
+        self,
+        record: StatusRecord,
+        *,
+        log: bytes | None = None,
+        outputs: Path | None = None,
+        deliver: str | None = None,
     ) -> StatusRecord:
         if record.finished_at is None:
             record = replace(record, finished_at=utc_now_text())
         if self.site.policy.release == "manual" and record.state in HELD_STATES:
-            return self._hold(record, log or b"", outputs)
-        self.ledger.record(record, log=log if log is not None else b"", outputs=outputs)
+            return self._hold(record, log or b"", outputs, deliver)
+        return self._publish(record, log or b"", outputs, deliver)
+
+    def _publish(
+        self, record: StatusRecord, log: bytes, outputs: Path | None, deliver: str | None
+    ) -> StatusRecord:
+        """Commit the result; output files go to the SFTP target instead when the task asks."""
+        if deliver is not None and outputs is not None:
+            record = self._deliver(record, outputs, deliver)
+            outputs = None
+        self.ledger.record(record, log=log, outputs=outputs)
         return record
 
-    def _hold(self, record: StatusRecord, log: bytes, outputs: Path | None) -> StatusRecord:
+    def _deliver(self, record: StatusRecord, outputs: Path, target_name: str) -> StatusRecord:
+        target = self.site.sftp_targets[target_name]
+        try:
+            receipt = deliver_files(target, outputs, f"{record.task}/{self.site.site}")
+        except DeliveryError as exc:
+            reason = f"delivery to SFTP target {target_name!r} failed, no output published: {exc}"
+            return replace(record, state="failed", reason=reason, outputs=())
+        where = f"sftp://{receipt.host}:{receipt.port}{receipt.remote_dir}"
+        return replace(record, delivered_to=where)
+
+    def _hold(
+        self, record: StatusRecord, log: bytes, outputs: Path | None, deliver: str | None
+    ) -> StatusRecord:
         """``release: manual``: keep log and outputs at the site until the admin releases them."""
         held = held_dir(self.workdir, record.task)
         shutil.rmtree(held, ignore_errors=True)
         held.mkdir(parents=True)
         if outputs is not None and outputs.is_dir():
             shutil.move(str(outputs), held / OUTPUT_DIR)
+        if deliver is not None:
+            (held / DELIVER_FILE).write_text(deliver, encoding="utf-8")
         (held / LOG_FILE).write_bytes(log)
         write_atomically(held / STATUS_FILE, dump_yaml(record.to_document()))
         waiting = replace(
@@ -220,11 +252,10 @@ class TaskExecution:
         document = load_yaml_file(held / STATUS_FILE, source=str(held / STATUS_FILE))
         record = replace(StatusRecord.from_document(document), decided_by=decided_by)
         outputs = held / OUTPUT_DIR
-        self.ledger.record(
-            record,
-            log=(held / LOG_FILE).read_bytes(),
-            outputs=outputs if outputs.is_dir() else None,
-        )
+        deliver_file = held / DELIVER_FILE
+        deliver = deliver_file.read_text(encoding="utf-8") if deliver_file.is_file() else None
+        log = (held / LOG_FILE).read_bytes()
+        record = self._publish(record, log, outputs if outputs.is_dir() else None, deliver)
         shutil.rmtree(held, ignore_errors=True)
         return record
 

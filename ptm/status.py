@@ -61,6 +61,7 @@ _KEYS = (
     "finished_at",
     "outputs",
     "skipped",
+    "delivered_to",
     "agent",
 )
 
@@ -102,6 +103,7 @@ class StatusRecord:
     finished_at: str | None = None
     outputs: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
     skipped: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    delivered_to: str | None = None
     agent: str = AGENT
 
     def __post_init__(self) -> None:
