@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not cancelled.signed:
         warn(
-            "the cancellation is not signed: sites that require signed tasks may ignore it. "
-            "Set git's gpg.format=ssh and user.signingkey, or pass --sign-key KEY."
+            "the cancellation is not signed, so the registry's history does not prove who "
+            "cancelled the task. Set git's gpg.format=ssh and user.signingkey, or pass "
+            "--sign-key KEY."
         )
     signed = "signed" if cancelled.signed else "unsigned"
     say(
