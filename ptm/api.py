@@ -149,15 +149,14 @@ class Registry:
 
     @classmethod
     def open_url(cls, url: str, *, cache_dir: Path | None = None) -> Registry:
-        """Clone ``url`` into the cache (once), bring it up to date and return it."""
+        """The cache clone of ``url`` (made on first use)."""
         if is_bare_repository(Path(url)):
             url = str(Path(url).resolve())
         root = cache_clone(url, cache_dir if cache_dir is not None else cache_home())
         if not (root / REGISTRY_FILE).is_file():
             raise PtmError(f"{url}: not a ptm registry (no {REGISTRY_FILE} on its default branch)")
-        registry = cls(root, tasks_branch(root), DEFAULT_REMOTE, url)
-        registry.refresh()
-        return registry
+        # No fetch here: a new clone has everything, and every reading method fetches first.
+        return cls(root, tasks_branch(root), DEFAULT_REMOTE, url)
 
     @property
     def repo(self) -> GitRepo:
@@ -288,9 +287,10 @@ def draft_from_mapping(values: Mapping[str, Any]) -> TaskDraft:
     if unknown:
         raise PtmError(f"unknown task fields {unknown}; expected some of {sorted(known)}")
     converted: dict[str, Any] = {
-        key: tuple(value) if key in ("sites", "command", "files") and value is not None else value
+        key: tuple(value) if key in ("sites", "command") and value is not None else value
         for key, value in values.items()
     }
+    converted["files"] = tuple(Path(f) for f in values.get("files") or ())
     if isinstance(values.get("sites"), str):
         converted["sites"] = (values["sites"],)
     try:

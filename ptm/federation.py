@@ -179,7 +179,7 @@ def _task_files(repo: GitRepo, refs: RegistryRefs, memo: OverviewMemo) -> dict[s
             f"no branch {refs.tasks_branch!r} at {refs.remote}: is this a ptm registry, and is "
             "the right tasks branch set in registry.yaml?"
         )
-    key = f"{TASKS_DIR}@{tip}"
+    key = f"tasks-branch {tip}"  # listing keys: a space cannot occur in a site name
     text = memo.listing(key)
     if text is None:
         text = _task_listing(list_tree(repo, tip, f"{TASKS_DIR}/"))
@@ -209,7 +209,7 @@ def _status_blobs(
     repo: GitRepo, branches: ResultBranches, memo: OverviewMemo
 ) -> dict[tuple[str, str], str]:
     """(task, site) → blob id of ``results/<task>/<site>/status.yaml`` on ``results/<site>``."""
-    keys = {site: f"{site}@{tip}" for site, tip in branches.tips.items()}
+    keys = {site: f"results {site} {tip}" for site, tip in branches.tips.items()}
     texts = {site: memo.listing(key) for site, key in keys.items()}
     missing = [site for site, text in texts.items() if text is None]
     listings = list_trees(repo, [branches.tips[site] for site in missing], f"{RESULTS_DIR}/")
@@ -284,7 +284,7 @@ def _site_state(task_id: str, site: str, reading: Reading | None) -> SiteState:
 
 
 def _summary_problem(fields: Mapping[str, Any], task_id: str, site: str) -> str | None:
-    if fields.get("ptm") != 1:
+    if type(fields.get("ptm")) is not int or fields.get("ptm") != 1:  # true == 1 in Python
         return "ptm: must be 1"
     if fields.get("task") != task_id or fields.get("site") != site:
         return f"task and site must be {task_id!r} and {site!r} (the folder it is in)"

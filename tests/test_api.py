@@ -178,6 +178,11 @@ def test_draft_from_mapping() -> None:
         {"task_id": "x", "image": "i:1", "sites": ["a", "b"], "command": ["sh", "-c", "true"]}
     )
     assert draft.sites == ("a", "b") and draft.command == ("sh", "-c", "true")
+    assert draft.files == ()
+    with_files = draft_from_mapping(
+        {"task_id": "x", "image": "i:1", "sites": "a", "files": ["f.csv"]}
+    )
+    assert with_files.sites == ("a",) and with_files.files == (Path("f.csv"),)
     with pytest.raises(PtmError, match="unknown task fields \\['site'\\]"):
         draft_from_mapping({"task_id": "x", "image": "i:1", "site": ["a"]})
     with pytest.raises(PtmError, match="incomplete task"):
