@@ -38,17 +38,24 @@ class SignatureCheck:
         return self.status == "G"
 
     def describe(self) -> str:
-        meanings = {
-            "G": "good signature",
-            "B": "bad signature",
-            "U": "signed by a key that is not in the allowed signers file",
-            "X": "good signature that has expired",
-            "Y": "good signature made by an expired key",
-            "R": "good signature made by a revoked key",
-            "E": "signature cannot be checked (key not in the allowed signers file?)",
-            "N": "no signature",
-        }
-        return meanings.get(self.status, f"signature status {self.status!r}")
+        return describe_signature_status(self.status)
+
+
+SIGNATURE_MEANINGS = {
+    "G": "good signature",
+    "B": "bad signature",
+    "U": "signed by a key that is not in the allowed signers file",
+    "X": "good signature that has expired",
+    "Y": "good signature made by an expired key",
+    "R": "good signature made by a revoked key",
+    "E": "signature cannot be checked (key not in the allowed signers file?)",
+    "N": "no signature",
+}
+
+
+def describe_signature_status(status: str) -> str:
+    """What git's ``%G?`` letter means, in words."""
+    return SIGNATURE_MEANINGS.get(status, f"signature status {status!r}")
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ def push_with_rebase(
     config, sign = signing_options(repo, sign_key)
     for attempt in range(1, attempts + 1):
         try:
-            repo.run("push", "--quiet", "--porcelain", remote, f"HEAD:refs/heads/{branch}")
+            repo.run("push", "--quiet", remote, f"HEAD:refs/heads/{branch}")
             return
         except RegistryError as exc:
             if attempt == attempts or not _is_rejected_push(str(exc)):
@@ -142,7 +142,14 @@ def push_with_rebase(
 
 
 def _is_rejected_push(message: str) -> bool:
-    markers = ("[rejected]", "non-fast-forward", "fetch first", "failed to update ref", "stale")
+    markers = (
+        "[rejected]",
+        "non-fast-forward",
+        "fetch first",
+        "Updates were rejected",
+        "failed to update ref",
+        "stale",
+    )
     return any(m in message for m in markers) or "cannot lock ref" in message
 
 

@@ -44,7 +44,7 @@ def test_design_example_round_trips() -> None:
     assert record.outputs == ({"path": "output/summary.csv", "bytes": 120, "sha256": SHA},)
     assert record.submitted_by == "alice@uni.example" and record.decided_by is None
     again = record.to_document()
-    assert again == {**document, "decided_by": None, "skipped": []}
+    assert again == {**document, "decided_by": None, "skipped": [], "delivered_to": None}
     assert [key for key in again if key in DESIGN_KEY_ORDER] == DESIGN_KEY_ORDER
 
 

@@ -6,6 +6,7 @@ from types import ModuleType
 
 from ptm.commands import (
     agent_cmd,
+    audit_cmd,
     cancel_cmd,
     demo_cmd,
     policy_cmd,
@@ -27,5 +28,6 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     results_cmd,
     cancel_cmd,
     sftp_cmd,
+    audit_cmd,
     demo_cmd,
 )

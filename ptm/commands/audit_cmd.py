@@ -1,0 +1,120 @@
+"""ptm audit"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ptm.audit import AuditReport, TaskAudit, run_audit
+from ptm.commands.status_cmd import add_location_options, open_registry
+from ptm.console import format_table, print_json, say
+from ptm.errors import PtmError
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    parser = commands.add_parser(
+        "audit",
+        help="the registry's history: who asked, what ran where, and who signed each step",
+        description="Read the tasks branch and every results/<site> branch and report, for each "
+        "task, who submitted it (with git's signature check against --allowed-signers), what "
+        "each site recorded, the exact image that ran, and every rule broken: unsigned task "
+        "or result commits, tasks changed after a site acted on them, results acting on "
+        "commits that are not on the tasks branch, and result branches writing outside their "
+        "own site's folders. Exit 1 when there is any finding.",
+    )
+    parser.add_argument(
+        "--allowed-signers",
+        type=Path,
+        metavar="FILE",
+        help="git's SSH allowed-signers file with the researchers' and the "
+        "sites' keys; without it, signatures are not checked",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_location_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    signers: Path | None = args.allowed_signers
+    if signers is not None and not signers.is_file():
+        raise PtmError(f"{signers}: no such allowed signers file")
+    registry = open_registry(args)
+    registry.refresh()
+    report = run_audit(
+        registry.repo, registry.refs, allowed_signers=signers.resolve() if signers else None
+    )
+    if args.json:
+        print_json(_document(report))
+    else:
+        _print(report)
+    return 1 if report.findings else 0
+
+
+def _print(report: AuditReport) -> None:
+    rows = [row for task in report.tasks for row in _rows(task)]
+    say(
+        format_table(
+            ("TASK", "SUBMITTED BY", "SITE", "STATE", "IMAGE RUN", "RESULTS SIGNED BY"), rows
+        )
+    )
+    if not report.signatures_checked:
+        say("Signatures were not checked: pass --allowed-signers FILE.")
+    say("")
+    for finding in report.findings:
+        say(f"  {finding}")
+    say(f"{len(report.tasks)} task(s), {len(report.findings)} finding(s).")
+
+
+def _rows(task: TaskAudit) -> list[tuple[object, ...]]:
+    if not task.sites:
+        return [(task.task_id, task.submitted_by, None, None, None, None)]
+    return [
+        (
+            task.task_id if i == 0 else "",
+            task.submitted_by if i == 0 else "",
+            site.site,
+            site.state,
+            _short_image(site.image_ref),
+            _signers(site.commits),
+        )
+        for i, site in enumerate(task.sites)
+    ]
+
+
+def _short_image(ref: str | None) -> str | None:
+    """``sha256:`` and 12 hex digits, like docker prints IDs; --json has them whole."""
+    if ref is None or "sha256:" not in ref:
+        return ref
+    name, _, digest = ref.rpartition("sha256:")
+    return f"{name}sha256:{digest[:12]}"
+
+
+def _signers(commits: tuple[Any, ...]) -> str:
+    texts = sorted({c.signature_text() for c in commits})
+    return ", ".join(texts) if texts else "-"
+
+
+def _document(report: AuditReport) -> dict[str, Any]:
+    return {
+        "signatures_checked": report.signatures_checked,
+        "tasks": [
+            {
+                "task": t.task_id,
+                "commits": [c.__dict__ | {"paths": list(c.paths)} for c in t.commits],
+                "sites": [
+                    {
+                        "site": s.site,
+                        "state": s.state,
+                        "image": s.image,
+                        "image_run": s.image_ref,
+                        "task_commit": s.task_commit,
+                        "commits": [c.__dict__ | {"paths": list(c.paths)} for c in s.commits],
+                    }
+                    for s in t.sites
+                ],
+            }
+            for t in report.tasks
+        ],
+        "findings": [f.__dict__ for f in report.findings],
+    }
