@@ -138,7 +138,7 @@ class Agent:
         texts = self.mirror.task_texts([c.task_id for c in changes if c.task_file], head)
         for change in changes:
             self._handle(change, head, texts.get(change.task_id))
-        self.workdir.save_state(state.with_processed(head))
+        self.workdir.save_state(self.workdir.load_state().with_processed(head))
         with self._lock:
             started = self._start_queued()
         return CycleReport(head, new, started, self.publish(), idle=False)
@@ -159,20 +159,21 @@ class Agent:
     def _handle(self, change: TaskChange, head: str, text: bytes | None) -> None:
         existing = self.ledger.status_of(change.task_id)
         if existing is not None:
-            self._handle_known(change, existing)
+            self._handle_known(change, existing, head)
             return
         if text is None and not self.mirror.has_task(change.task_id, head):
             return  # deleted, or only files without a task.yaml: nothing to act on
         self._receive(change.task_id, head, text=text, cancel_now=change.cancel_added)
 
-    def _handle_known(self, change: TaskChange, existing: StatusRecord) -> None:
+    def _handle_known(self, change: TaskChange, existing: StatusRecord, head: str) -> None:
         if change.alters_task:
-            self.log.error(
-                "task %s was changed after this site acted on it (%s); the change is ignored",
-                change.task_id,
-                existing.state,
-                extra={"task": change.task_id, "decision": "tampering"},
+            warning = (
+                f"task {change.task_id} was changed at {head[:12]} after this site acted on it "
+                f"({existing.state}, task commit {existing.task_commit[:12]}); the change is "
+                "ignored"
             )
+            self.log.error("%s", warning, extra={"task": change.task_id, "decision": "tampering"})
+            self.workdir.save_state(self.workdir.load_state().with_warning(warning))
         if change.cancel_added and not is_final(existing.state):
             self._request_cancel(change.task_id, existing)
 

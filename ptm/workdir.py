@@ -15,6 +15,7 @@ from typing import Any
 from ptm.errors import ConfigError, PtmError
 
 STATE_FILE = "state.json"
+MAX_WARNINGS = 50
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,13 @@ class AgentState:
 
     processed: str | None = None
     halted: str | None = None
+    warnings: tuple[str, ...] = ()  # tamper evidence the admin should see, newest last
 
     def with_processed(self, commit: str) -> AgentState:
         return replace(self, processed=commit)
+
+    def with_warning(self, text: str) -> AgentState:
+        return replace(self, warnings=(*self.warnings, text)[-MAX_WARNINGS:])
 
     def with_halt(self, reason: str | None) -> AgentState:
         return replace(self, halted=reason)
@@ -56,7 +61,8 @@ class WorkDir:
             return AgentState()
         try:
             document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-            return AgentState(document.get("processed"), document.get("halted"))
+            warnings = tuple(str(w) for w in document.get("warnings", []))
+            return AgentState(document.get("processed"), document.get("halted"), warnings)
         except (ValueError, AttributeError) as exc:
             raise PtmError(
                 f"{path}: unreadable agent state ({exc}); move it away to re-sync"

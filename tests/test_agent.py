@@ -247,6 +247,33 @@ def test_rewritten_tasks_branch_halts_the_agent(
     assert "HALTED" in capsys.readouterr().out
 
 
+def test_change_to_a_task_already_acted_on_is_ignored_and_shown(
+    bare_registry: Path,
+    tmp_path: Path,
+    researcher: Researcher,
+    docker_client: object,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    researcher.submit("settled", "echo first > /ptm/output/r")
+    agent = site_agent(tmp_path, "hospital-a", bare_registry)
+    agent.once()
+    researcher.commit_file(
+        "tasks/settled/task.yaml",
+        "ptm: 1\nimage: ptm-test/busybox:latest\nsites: [hospital-a]\n"
+        "command: [sh, -c, 'echo second > /ptm/output/r']\n",
+        "edit",
+    )
+    report = agent.once()
+    assert report.started == 0
+    assert remote_file(bare_registry, "settled", "output/r") == "first"
+    assert states_in_history(bare_registry, "settled").count("running") == 1
+    config = tmp_path / "hospital-a.yaml"
+    capsys.readouterr()
+    assert main(["agent", "status", "--config", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert "WARNING: task settled was changed" in shown and "after this site acted" in shown
+
+
 def test_idle_cycles_do_not_leak_processes_or_files(
     bare_registry: Path, tmp_path: Path, researcher: Researcher, docker_client: object
 ) -> None:

@@ -122,3 +122,17 @@ def test_sigterm_hands_back_and_restart_finishes(
     )
     assert remote_file(bare_registry, "handed", "output/r") == "fine"
     assert git(bare_registry, "rev-parse", "--verify", "results/hospital-a")
+
+
+def test_a_local_registry_is_watched_so_tasks_start_before_the_poll(
+    bare_registry: Path, tmp_path: Path, docker_client: object
+) -> None:
+    config = write_site_config(tmp_path, "hospital-a", bare_registry, poll_interval=600)
+    agent = _agent_process(config, "run")
+    try:
+        time.sleep(3)  # the first cycle has run; the next poll is ten minutes away
+        Researcher(bare_registry, tmp_path / "researcher").submit("prompt", "echo seen")
+        _wait_for_state(bare_registry, "prompt", "completed", timeout=60)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)

@@ -130,6 +130,7 @@ def run_status(args: argparse.Namespace) -> int:
                 "site": config.site,
                 "processed": state.processed,
                 "halted": state.halted,
+                "warnings": list(state.warnings),
                 "unpushed_results": unpushed,
                 "tasks": [r.to_document() for r in records],
             }
@@ -138,6 +139,8 @@ def run_status(args: argparse.Namespace) -> int:
     say(f"site {config.site}; last processed tasks commit {(state.processed or 'none')[:12]}")
     if state.halted:
         say(f"HALTED: {state.halted}")
+    for warning in state.warnings:
+        say(f"WARNING: {warning}")
     if unpushed:
         say("results committed locally but not pushed yet (the next cycle retries)")
     rows = [(r.task, r.state, r.finished_at or r.received_at, _short(r.reason)) for r in records]
