@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ptm.agent import retry_delay
 from ptm.main import main
 from tests.agent_support import (
     Researcher,
@@ -16,6 +17,7 @@ from tests.agent_support import (
     remote_status,
     site_agent,
     states_in_history,
+    write_site_config,
 )
 from tests.fixtures_git import git
 
@@ -318,3 +320,24 @@ def _children() -> int:
 
 def _open_fds() -> int:
     return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+def test_agent_check_reports_what_it_found(
+    bare_registry: Path, tmp_path: Path, docker_client: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_site_config(tmp_path, "hospital-a", bare_registry)
+    capsys.readouterr()
+    assert main(["agent", "check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "registry:" in out and "branch main at" in out and "All checks passed." in out
+    (tmp_path / "elsewhere").mkdir()
+    missing = write_site_config(tmp_path / "elsewhere", "hospital-a", tmp_path / "nowhere.git")
+    assert main(["agent", "check", "--config", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert "nowhere.git" in err and len(err.strip().splitlines()) >= 1
+
+
+def test_retry_delay_backs_off_to_ten_minutes() -> None:
+    assert [retry_delay(30, n) for n in range(6)] == [30, 30, 60, 120, 240, 480]
+    assert retry_delay(30, 20) == 600
+    assert retry_delay(900, 3) == 900  # a long poll interval is never shortened
