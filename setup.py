@@ -65,8 +65,5 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["ptm=ptm.main:main"]},
-    classifiers=[
-        "License :: OSI Approved :: Apache Software License",
-        "Programming Language :: Python :: 3",
-    ],
+    classifiers=["Programming Language :: Python :: 3"],
 )
