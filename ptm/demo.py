@@ -28,7 +28,7 @@ from ptm.examples.central import Federation
 from ptm.examples.federated_mean import IMAGE, MeanResult, run_federated_mean
 from ptm.examples.pooled import pooled_mean
 from ptm.registry import init_registry
-from ptm.runtimes.docker import DockerRuntime
+from ptm.runtimes import open_runtime
 from ptm.siteconfig import load_site_config
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
@@ -52,7 +52,7 @@ class DemoOutcome:
 
 def check_engine(docker_host: str | None) -> str:
     try:
-        return DockerRuntime(docker_host).ping()
+        return open_runtime("docker", docker_host=docker_host).ping()
     except RuntimeUnavailable as exc:
         raise PtmError(
             f"ptm demo needs a Docker engine and none is reachable ({exc}). {ENGINE_HINT}"
@@ -94,7 +94,7 @@ def _agents(configs: list[Path]) -> Iterator[None]:
     stop = threading.Event()
     threads = []
     for config in configs:
-        agent = Agent(load_site_config(config), DockerRuntime(None))
+        agent = Agent(load_site_config(config), open_runtime("docker"))
         thread = threading.Thread(
             target=run_until_stopped, args=(agent, stop), name=f"demo-{config.stem}", daemon=True
         )

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ptm.decisions import held_dir
-from ptm.delivery import deliver_files
 from ptm.errors import ContainerError, DeliveryError, OutputRejected, PtmError
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, STATUS_FILE, Ledger
 from ptm.outputs import OutputReport, collect_outputs
@@ -213,6 +212,9 @@ class TaskExecution:
         return record
 
     def _deliver(self, record: StatusRecord, outputs: Path, target_name: str) -> StatusRecord:
+        # Imported here: paramiko is slow to import and only deliveries need it.
+        from ptm.delivery import deliver_files
+
         target = self.site.sftp_targets[target_name]
         try:
             receipt = deliver_files(target, outputs, f"{record.task}/{self.site.site}")

@@ -19,15 +19,15 @@ from ptm.commands import (
 )
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
+    demo_cmd,
     registry_cmd,
     task_cmd,
     validate_cmd,
-    agent_cmd,
-    policy_cmd,
     status_cmd,
     results_cmd,
     cancel_cmd,
-    sftp_cmd,
+    agent_cmd,
+    policy_cmd,
     audit_cmd,
-    demo_cmd,
+    sftp_cmd,
 )

@@ -14,7 +14,7 @@ from ptm.commands.agent_admin_cmd import add_actions
 from ptm.console import format_table, print_json, say
 from ptm.errors import ConfigError
 from ptm.ledger import Ledger
-from ptm.runtimes.docker import DockerRuntime
+from ptm.runtimes import open_runtime
 from ptm.siteconfig import SiteConfig, load_site_config
 from ptm.sync import TasksMirror
 from ptm.workdir import WorkDir
@@ -49,7 +49,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _agent(config: SiteConfig) -> Agent:
-    return Agent(config, DockerRuntime(config.runtime.docker_host))
+    return Agent(config, open_runtime("docker", docker_host=config.runtime.docker_host))
 
 
 def run_loop(args: argparse.Namespace) -> int:
@@ -92,7 +92,7 @@ def run_check(args: argparse.Namespace) -> int:
             f"{config.registry.branch!r} (registry.branch)"
         )
     found["registry"] = f"{config.registry.url} branch {config.registry.branch} at {head[:12]}"
-    found["docker"] = DockerRuntime(config.runtime.docker_host).ping()
+    found["docker"] = open_runtime("docker", docker_host=config.runtime.docker_host).ping()
     signers = config.policy.allowed_signers
     if signers is not None:
         found["allowed_signers"] = f"{signers}: {_count_keys(signers)} key(s)"

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptm.api import Registry
 from ptm.commands.status_cmd import overview_text
 from ptm.console import say
-from ptm.demo import DemoOutcome, agent_logs, run_demo
 from ptm.errors import PtmError
-from ptm.examples.federated_mean import format_result
+
+if TYPE_CHECKING:
+    from ptm.demo import DemoOutcome
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -42,6 +43,10 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the demo brings the Docker SDK and the examples, which no other command
+    # needs, and every ptm command would otherwise pay for importing them.
+    from ptm.demo import agent_logs, run_demo
+
     folder: Path = args.folder or Path(tempfile.mkdtemp(prefix="ptm-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     if any(folder.iterdir()):
@@ -53,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(outcome: DemoOutcome) -> None:
+    from ptm.examples.federated_mean import format_result
+
     result = outcome.result
     say("")
     say(f"Results of {result.task_id} (each site sent only a count and a sum):")

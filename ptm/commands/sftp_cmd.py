@@ -15,9 +15,7 @@ from typing import Any
 
 from ptm import logs
 from ptm.console import say
-from ptm.delivery import PublicKey
 from ptm.errors import DeliveryError
-from ptm.sftp_server import SftpService, load_or_create_host_key, load_sftp_config
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -51,6 +49,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    # Imported here, as in run_host_key: paramiko is slow to import and only these need it.
+    from ptm.sftp_server import SftpService, load_sftp_config
+
     config = load_sftp_config(args.config)
     logs.configure(log_format=args.log_format)
     # paramiko reports every client that hangs up abruptly as an error; ptm.sftp logs what matters
@@ -73,6 +74,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_host_key(args: argparse.Namespace) -> int:
+    from ptm.delivery import PublicKey
+    from ptm.sftp_server import load_or_create_host_key, load_sftp_config
+
     config = load_sftp_config(args.config)
     say(PublicKey.of(load_or_create_host_key(config.host_key)).line)
     return 0
