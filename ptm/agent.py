@@ -23,7 +23,6 @@ from ptm.siteconfig import SiteConfig
 from ptm.status import State, StatusRecord, utc_now_text
 from ptm.sync import TaskChange, TasksMirror
 from ptm.task import Task, load_task
-from ptm.watch import RefsWatcher, local_registry_path
 from ptm.workdir import WorkDir
 
 
@@ -369,70 +368,3 @@ class Agent:
 
     def _pull_progress(self, line: str) -> None:
         self.log.info("%s", line, extra={"decision": "pulling"})
-
-
-MAX_RETRY_DELAY = 600.0
-
-
-def retry_delay(poll_interval: float, failures: int) -> float:
-    """Seconds to wait after ``failures`` failed cycles in a row: the poll interval, doubling
-    with each failure, up to ten minutes (or the poll interval, if that is longer)."""
-    if failures <= 0:
-        return poll_interval
-    backed_off: float = poll_interval * 2.0 ** (failures - 1)
-    return min(backed_off, max(poll_interval, MAX_RETRY_DELAY))
-
-
-def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
-    """The watch loop: a cycle whenever the registry may have moved, until ``stop`` is set.
-
-    A registry or engine that is unreachable (at start or later) is retried with backoff;
-    results committed meanwhile stay on the local results branch until a push goes through.
-    """
-    local = local_registry_path(agent.config.registry.url)
-    watcher = RefsWatcher(local, agent.wakeup) if local is not None and local.exists() else None
-    started, failures = False, 0
-    with watcher or _NoWatcher():
-        while not stop.is_set():
-            agent.wakeup.clear()
-            try:
-                if not started:
-                    agent.start()
-                    started = True
-                agent.cycle()
-                failures = 0
-            except TamperingDetected as exc:
-                agent.log.error("%s", exc, extra={"decision": "halted"})
-            except PtmError as exc:
-                failures += 1
-                agent.log.warning(
-                    "cycle failed (%d in a row), retrying in %.0fs: %s",
-                    failures,
-                    retry_delay(agent.config.poll_interval, failures),
-                    exc,
-                    extra={"decision": "cycle-failed"},
-                )
-            delay = retry_delay(agent.config.poll_interval, failures)
-            _sleep_until(agent.wakeup, stop, delay)
-    running = agent.hand_back() if started else 0
-    if running:
-        agent.log.info(
-            "stopped; %d running container(s) handed back: the next start re-attaches",
-            running,
-            extra={"decision": "stopped"},
-        )
-
-
-class _NoWatcher:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _sleep_until(wakeup: threading.Event, stop: threading.Event, seconds: float) -> None:
-    waited = 0.0
-    while waited < seconds and not stop.is_set() and not wakeup.is_set():
-        wakeup.wait(0.2)
-        waited += 0.2

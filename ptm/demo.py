@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ptm import logs
-from ptm.agent import Agent, run_until_stopped
+from ptm.agent import Agent
 from ptm.api import Registry
 from ptm.errors import PtmError, RuntimeUnavailable
 from ptm.examples import images, synthetic
@@ -30,6 +30,7 @@ from ptm.examples.pooled import pooled_mean
 from ptm.registry import init_registry
 from ptm.runtimes import open_runtime
 from ptm.siteconfig import load_site_config
+from ptm.watch import run_until_stopped
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 RESEARCHER = "researcher@demo.example"

@@ -1,4 +1,7 @@
-"""The trusted third party's SFTP service (``ptm sftp serve``): config, jail, quota and server.
+"""The trusted third party's SFTP service (``ptm sftp serve``): the SSH and SFTP server.
+
+Its config and host key are in ``sftp_config``, the jail and quota in ``sftp_jail``.
+
 
 Sites log in with their account's public key only. Each account is jailed to ``root/<account>/``:
 every path a client names is split into names, ``..`` is refused, and the folders are walked one
@@ -16,34 +19,24 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import os
 import posixpath
 import socket
 import stat
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from importlib import resources
-from pathlib import Path
-from types import MappingProxyType
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from jsonschema import Draft202012Validator
 
 from ptm.delivery import PublicKey
-from ptm.errors import ConfigError, DeliveryError, InvalidDocument, Problem
-from ptm.schema import describe_error, error_sort_key, load_yaml_file
+from ptm.errors import ConfigError, DeliveryError
+from ptm.sftp_config import SftpAccount, SftpServiceConfig, load_or_create_host_key
+from ptm.sftp_jail import AccountSession, Jail, Usage, regular_file_bytes, stored_bytes
 
-DEFAULT_MAX_FILE_BYTES = 1024**3
-DEFAULT_QUOTA_BYTES = 10 * 1024**3
 LOGIN_GRACE = 30.0  # seconds a connection may take to log in
 ACCEPT_POLL = 0.5  # seconds between checks for stop() while waiting for connections
 MAX_CONNECTIONS = 64  # at once, over all accounts; more are closed at once
@@ -51,213 +44,6 @@ MAX_CONNECTIONS = 64  # at once, over all accounts; more are closed at once
 log = logging.getLogger("ptm.sftp")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-
-# -- config -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SftpAccount:
-    name: str
-    public_key: PublicKey
-    quota_bytes: int = DEFAULT_QUOTA_BYTES
-
-
-@dataclass(frozen=True)
-class SftpServiceConfig:
-    host: str
-    port: int
-    host_key: Path
-    root: Path
-    accounts: Mapping[str, SftpAccount] = field(default_factory=dict, hash=False)
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "accounts", MappingProxyType(dict(self.accounts)))
-
-    @property
-    def listen(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def load_sftp_config(path: Path) -> SftpServiceConfig:
-    """Load and check ``path``; InvalidDocument or ConfigError list every problem found."""
-    source = str(path)
-    document = load_yaml_file(path, source=source)
-    return sftp_config_from_document(document, source=source, base_dir=path.parent)
-
-
-def sftp_config_from_document(
-    document: Mapping[str, Any], *, source: str, base_dir: Path
-) -> SftpServiceConfig:
-    errors = sorted(_schema_validator().iter_errors(document), key=error_sort_key)
-    problems = [problem for error in errors for problem in describe_error(error, source=source)]
-    if problems:
-        raise InvalidDocument(problems)
-    host, port = _split_listen(document["listen"])
-    if port > 65535:
-        problems.append(Problem(source, "listen", "port", f"port {port} is above 65535"))
-    accounts = {}
-    for name, entry in document["accounts"].items():
-        try:
-            key = PublicKey.parse(entry["public_key"])
-        except ValueError as exc:
-            problems.append(Problem(source, f"accounts.{name}.public_key", "public-key", str(exc)))
-            continue
-        accounts[name] = SftpAccount(name, key, entry.get("quota_bytes", DEFAULT_QUOTA_BYTES))
-    if problems:
-        raise ConfigError("\n".join(str(problem) for problem in problems))
-    base = base_dir.absolute()
-    return SftpServiceConfig(
-        host=host,
-        port=port,
-        host_key=Path(os.path.normpath(base / document["host_key"])),
-        root=Path(os.path.normpath(base / document["root"])),
-        accounts=accounts,
-        max_file_bytes=document.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES),
-    )
-
-
-@functools.cache
-def _schema_validator() -> Draft202012Validator:
-    text = resources.files("ptm.schemas").joinpath("sftp.schema.json").read_text("utf-8")
-    return Draft202012Validator(json.loads(text))
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-def load_or_create_host_key(path: Path) -> paramiko.PKey:
-    """The service's private host key; a new ed25519 key is written (0600) when none exists."""
-    if not path.exists():
-        _create_host_key(path)
-    try:
-        mode = path.stat().st_mode
-        if mode & 0o077:
-            raise ConfigError(f"{path}: host key is readable by others; run chmod 600 {path}")
-        return paramiko.PKey.from_path(path)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read host key: {exc.strerror or exc}") from exc
-    except (paramiko.SSHException, ValueError, TypeError) as exc:
-        message = "is not an unencrypted OpenSSH ed25519, ECDSA or RSA private key"
-        raise ConfigError(f"{path}: host key {message}") from exc
-
-
-def _create_host_key(path: Path) -> None:
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot create host key: {exc.strerror}") from exc
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(draft, path)  # complete or absent, and never replaces a key
-    except FileExistsError:
-        pass  # another start made one first: keep that one
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot create host key: {exc.strerror}") from exc
-    finally:
-        Path(draft).unlink()
-
-
-# -- jail and quota -----------------------------------------------------------------------------
-
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class Jail:
-    """One account's folder. Paths are resolved inside it, never through ``..`` or a symlink."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    @staticmethod
-    def names(path: str) -> list[str]:
-        names = [name for name in path.split("/") if name not in ("", ".")]
-        if any(name == ".." or "\0" in name for name in names):
-            raise PermissionError(errno.EACCES, f"{path!r}: '..' is not allowed")
-        return names
-
-    @contextmanager
-    def folder_of(self, path: str) -> Iterator[tuple[int, str]]:
-        """An open descriptor of the folder that holds ``path``, and ``path``'s last name."""
-        names = self.names(path)
-        folder = os.open(self.root, _DIRECTORY)
-        try:
-            for name in names[:-1]:
-                inner = os.open(name, _DIRECTORY, dir_fd=folder)
-                os.close(folder)
-                folder = inner
-            yield folder, names[-1] if names else "."
-        finally:
-            os.close(folder)
-
-    @contextmanager
-    def opened_folder(self, path: str) -> Iterator[int]:
-        with self.folder_of(path) as (folder, name):
-            descriptor = os.open(name, _DIRECTORY, dir_fd=folder)
-        try:
-            yield descriptor
-        finally:
-            os.close(descriptor)
-
-
-def _regular_file_bytes(folder: int, name: str) -> int:
-    """Size of ``name`` in ``folder`` when it is a regular file, else 0 (never follows links)."""
-    try:
-        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return 0
-    return info.st_size if stat.S_ISREG(info.st_mode) else 0
-
-
-def _stored_bytes(root: Path) -> int:
-    """Bytes held by the regular files below ``root``, not following symlinks."""
-    total = 0
-    for folder, _, files in os.walk(root):
-        infos = [(Path(folder) / name).lstat() for name in files]
-        total += sum(info.st_size for info in infos if stat.S_ISREG(info.st_mode))
-    return total
-
-
-class Usage:
-    """Bytes one account holds, shared by all its sessions; thread-safe."""
-
-    def __init__(self, quota_bytes: int, used_bytes: int) -> None:
-        self.quota_bytes = quota_bytes
-        self.used_bytes = used_bytes
-        self._lock = threading.Lock()
-
-    def reserve(self, amount: int) -> bool:
-        with self._lock:
-            if self.used_bytes + amount > self.quota_bytes:
-                return False
-            self.used_bytes += amount
-            return True
-
-    def release(self, amount: int) -> None:
-        with self._lock:
-            self.used_bytes = max(0, self.used_bytes - amount)
-
-
-@dataclass(frozen=True)
-class AccountSession:
-    """What an SFTP session of one logged-in account may touch."""
-
-    account: str
-    jail: Jail
-    usage: Usage
-    max_file_bytes: int
 
 
 # -- SFTP ---------------------------------------------------------------------------------------
@@ -350,7 +136,7 @@ class JailedSftp(paramiko.SFTPServerInterface):
     def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> paramiko.SFTPHandle:
         flags = (flags & ~os.O_APPEND) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         with self.jail.folder_of(path) as (folder, name):
-            truncated = _regular_file_bytes(folder, name) if flags & os.O_TRUNC else 0
+            truncated = regular_file_bytes(folder, name) if flags & os.O_TRUNC else 0
             descriptor = os.open(name, flags, 0o600, dir_fd=folder)
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             os.close(descriptor)
@@ -378,7 +164,7 @@ class JailedSftp(paramiko.SFTPServerInterface):
     @_answering_errors
     def remove(self, path: str) -> int:
         with self.jail.folder_of(path) as (folder, name):
-            size = _regular_file_bytes(folder, name)
+            size = regular_file_bytes(folder, name)
             os.unlink(name, dir_fd=folder)
         self.session.usage.release(size)
         return paramiko.sftp.SFTP_OK
@@ -395,7 +181,7 @@ class JailedSftp(paramiko.SFTPServerInterface):
             self.jail.folder_of(oldpath) as (old, old_name),
             self.jail.folder_of(newpath) as (new, new_name),
         ):
-            replaced = _regular_file_bytes(new, new_name)
+            replaced = regular_file_bytes(new, new_name)
             if not replace and _exists(new, new_name):
                 raise FileExistsError(errno.EEXIST, f"{newpath} exists")
             os.rename(old_name, new_name, src_dir_fd=old, dst_dir_fd=new)
@@ -558,7 +344,7 @@ class SftpService:
             for name, account in self.config.accounts.items():
                 folder = root / name
                 folder.mkdir(mode=0o700, exist_ok=True)
-                usage = Usage(account.quota_bytes, _stored_bytes(folder))
+                usage = Usage(account.quota_bytes, stored_bytes(folder))
                 sessions[name] = AccountSession(
                     name, Jail(folder), usage, self.config.max_file_bytes
                 )

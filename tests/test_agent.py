@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ptm.agent import retry_delay
 from ptm.main import main
+from ptm.watch import retry_delay
 from tests.agent_support import (
     Researcher,
     remote_file,

@@ -20,7 +20,8 @@ import yaml
 
 from ptm.delivery import PublicKey, deliver_files, local_files
 from ptm.errors import ConfigError, DeliveryError
-from ptm.sftp_server import SftpService, load_sftp_config
+from ptm.sftp_config import load_sftp_config
+from ptm.sftp_server import SftpService
 from ptm.siteconfig import SftpTarget
 
 ACCOUNT = "hospital-a"

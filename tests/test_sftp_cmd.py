@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 
 from ptm.delivery import deliver_files
 from ptm.errors import ConfigError, InvalidDocument, PtmError
-from ptm.sftp_server import DEFAULT_MAX_FILE_BYTES, DEFAULT_QUOTA_BYTES, load_sftp_config
+from ptm.sftp_config import DEFAULT_MAX_FILE_BYTES, DEFAULT_QUOTA_BYTES, load_sftp_config
 from ptm.siteconfig import SftpTarget
 from tests.test_delivery import ACCOUNT, KeyPair, make_key, make_outputs, write_config
 

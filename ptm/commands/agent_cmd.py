@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ptm import logs
-from ptm.agent import Agent, run_until_stopped
+from ptm.agent import Agent
 from ptm.commands.agent_admin_cmd import add_actions
 from ptm.console import format_table, print_json, say
 from ptm.errors import ConfigError
@@ -17,6 +17,7 @@ from ptm.ledger import Ledger
 from ptm.runtimes import open_runtime
 from ptm.siteconfig import SiteConfig, load_site_config
 from ptm.sync import TasksMirror
+from ptm.watch import run_until_stopped
 from ptm.workdir import WorkDir
 
 

@@ -50,7 +50,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     # Imported here, as in run_host_key: paramiko is slow to import and only these need it.
-    from ptm.sftp_server import SftpService, load_sftp_config
+    from ptm.sftp_config import load_sftp_config
+    from ptm.sftp_server import SftpService
 
     config = load_sftp_config(args.config)
     logs.configure(log_format=args.log_format)
@@ -75,7 +76,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_host_key(args: argparse.Namespace) -> int:
     from ptm.delivery import PublicKey
-    from ptm.sftp_server import load_or_create_host_key, load_sftp_config
+    from ptm.sftp_config import load_or_create_host_key, load_sftp_config
 
     config = load_sftp_config(args.config)
     say(PublicKey.of(load_or_create_host_key(config.host_key)).line)
