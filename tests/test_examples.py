@@ -21,10 +21,11 @@ from examples.federated_mean import run_federated_mean
 from examples.images import EXAMPLES_DIR, ImageBuildError, build_example_image, import_settings
 from examples.pooled import design, pooled_logistic_fit, pooled_mean
 from examples.synthetic import OUTCOME, PREDICTORS, write_site_data
-from ptm.agent import Agent, run_until_stopped
+from ptm.agent import Agent
 from ptm.api import Registry
 from ptm.runtimes.docker import DockerRuntime
 from ptm.siteconfig import load_site_config
+from ptm.watch import run_until_stopped
 from tests.agent_support import write_site_config
 from tests.fixtures_git import git
 
