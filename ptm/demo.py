@@ -9,7 +9,6 @@ site image and the central script) ships with ptm as ``ptm.examples``.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +26,9 @@ from ptm.examples import images, synthetic
 from ptm.examples.central import Federation
 from ptm.examples.federated_mean import IMAGE, MeanResult, run_federated_mean
 from ptm.examples.pooled import pooled_mean
-from ptm.registry import init_registry
+from ptm.process import run
+from ptm.registry import DEFAULT_BRANCH, init_registry
+from ptm.registry import clone as clone_registry
 from ptm.runtimes import open_runtime
 from ptm.siteconfig import load_site_config
 from ptm.watch import run_until_stopped
@@ -75,7 +76,7 @@ def run_demo(folder: Path, *, say: Callable[[str], None], timeout: float = 300) 
     configs = [_site_config(folder, site, registry, signers, data[site].parent) for site in SITES]
     say("Sites: " + ", ".join(f"{s} ({_rows(data[s])} patients)" for s in SITES))
     clone = folder / "researcher"
-    subprocess.run(["git", "clone", "-q", str(registry), str(clone)], check=True)
+    clone_registry(str(registry), clone, branch=DEFAULT_BRANCH)
     with _agents(configs):
         say(f"Agents started. Submitting task {TASK_ID!r} as {RESEARCHER} (signed) …")
         federation = Federation(
@@ -136,9 +137,7 @@ def _site_config(folder: Path, site: str, registry: Path, signers: Path, data: P
 
 def _ssh_key(path: Path, comment: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True
-    )
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
     return path
 
 
