@@ -67,9 +67,9 @@ def run_demo(folder: Path, *, say: Callable[[str], None], timeout: float = 300) 
     say(f"Building the site image {IMAGE} offline from busybox-static …")
     images.build_example_image("federated-mean", IMAGE, docker_host=None)
     registry = folder / "registry.git"
-    init_registry(registry, bare=True)
-    say(f"Registry: {registry} (a bare git repository; any git host would do)")
     researcher_key = _ssh_key(folder / "keys" / "researcher", RESEARCHER)
+    init_registry(registry, bare=True, sign_key=researcher_key)
+    say(f"Registry: {registry} (a bare git repository; any git host would do)")
     signers = folder / "allowed_signers"
     signers.write_text(f'{RESEARCHER} namespaces="git" {_public(researcher_key)}\n')
     data = synthetic.write_site_data(folder / "data", SITES, seed=7)

@@ -33,29 +33,34 @@ def ssh_environment(ssh_key: Path | None) -> dict[str, str]:
     return {"GIT_SSH_COMMAND": command}
 
 
-def init_registry(path: Path, *, bare: bool, branch: str = DEFAULT_BRANCH) -> None:
-    """Create a registry at ``path`` from the template; a bare one gets the template committed."""
+def init_registry(
+    path: Path, *, bare: bool, branch: str = DEFAULT_BRANCH, sign_key: Path | None = None
+) -> None:
+    """Create a registry at ``path`` from the template; a bare one gets the template committed.
+
+    The first commit adds the example task, so it is signed like a task when ``sign_key`` (or
+    git's own signing config) allows: ``ptm audit`` then finds nothing unsigned in it.
+    """
     path = path.absolute()
     if path.exists() and any(path.iterdir()):
         raise PtmError(f"{path}: exists and is not empty; a registry needs a new folder")
     path.mkdir(parents=True, exist_ok=True)
     if not bare:
-        _init_worktree(path, branch)
+        _init_worktree(path, branch, sign_key)
         return
     GitRepo(path).run("init", "--quiet", "--bare", f"--initial-branch={branch}", str(path))
     with tempfile.TemporaryDirectory(prefix="ptm-init-") as tmp:
         work = Path(tmp) / "work"
         work.mkdir()
-        repo = _init_worktree(work, branch)
+        repo = _init_worktree(work, branch, sign_key)
         repo.run("push", "--quiet", str(path), f"HEAD:refs/heads/{branch}")
 
 
-def _init_worktree(path: Path, branch: str) -> GitRepo:
+def _init_worktree(path: Path, branch: str, sign_key: Path | None) -> GitRepo:
     repo = GitRepo(path)
     repo.run("init", "--quiet", f"--initial-branch={branch}", str(path))
     shutil.copytree(template_dir(), path, dirs_exist_ok=True, ignore=_skip_python_files)
-    repo.run("add", "--all")
-    repo.run("commit", "--quiet", "--no-gpg-sign", "-m", "Create registry from the ptm template")
+    commit(repo, ["."], "Create registry from the ptm template", sign_key=sign_key)
     return repo
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from tests.fixtures_git import git
 
+SITES = ("hospital-a", "hospital-b", "hospital-c")
+
 
 def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -50,6 +52,30 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, docker_client: object) -> 
     branches = git(registry, "branch", "--list", "results/*").split()
     assert branches == ["results/hospital-a", "results/hospital-b", "results/hospital-c"]
     assert "gpgsig" in git(registry, "cat-file", "-p", "results/hospital-a")
+    auditor = tmp_path / "auditor_signers"
+    site_keys = [(f"ptm-agent@{s}", folder / "keys" / f"{s}.pub") for s in SITES]
+    lines = [signers.read_text()] + [
+        f'{who} namespaces="git" {key.read_text().split()[0]} {key.read_text().split()[1]}\n'
+        for who, key in site_keys
+    ]
+    auditor.write_text("".join(lines))
+    audit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptm",
+            "audit",
+            "--registry",
+            str(folder / "researcher"),
+            "--allowed-signers",
+            str(auditor),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "0 finding(s)" in audit.stdout
 
 
 def test_demo_without_docker_says_so_in_one_line(tmp_path: Path) -> None:

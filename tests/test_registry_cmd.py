@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ptm.main import main
-from tests.fixtures_git import clone, git
+from tests.fixtures_git import SigningKey, clone, git, write_allowed_signers
 
 
 def test_init_bare_has_template_on_main(tmp_path: Path) -> None:
@@ -56,3 +56,19 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["task", "new"])
     assert exited.value.code == 2
+
+
+def test_init_signs_the_first_commit_with_a_key(tmp_path: Path, alice: SigningKey) -> None:
+    bare = tmp_path / "signed.git"
+    assert main(["registry", "init", str(bare), "--bare", "--sign-key", str(alice.private)]) == 0
+    signers = write_allowed_signers(tmp_path / "signers", alice)
+    shown = git(
+        bare, "-c", f"gpg.ssh.allowedSignersFile={signers}", "log", "-1", "--format=%G? %GS", "main"
+    )
+    assert shown == "G alice@uni.example"
+
+
+def test_starting_ptm_does_not_import_docker_or_paramiko() -> None:
+    probe = "import sys, ptm.main; print(sorted({'docker', 'paramiko'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

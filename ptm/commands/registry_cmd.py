@@ -26,12 +26,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="make a bare repository to serve as the shared remote (clone it to work in it)",
     )
     init.add_argument("--branch", default=DEFAULT_BRANCH, help="the tasks branch (default: main)")
+    init.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="KEY",
+        help="SSH private key to sign the first commit with (default: git's own signing config)",
+    )
     init.set_defaults(handler=run_init)
 
 
 def run_init(args: argparse.Namespace) -> int:
     path: Path = args.path
-    init_registry(path, bare=args.bare, branch=args.branch)
+    init_registry(path, bare=args.bare, branch=args.branch, sign_key=args.sign_key)
     kind = "bare registry" if args.bare else "registry"
     say(f"Created {kind} at {path} (tasks branch '{args.branch}').")
     if args.bare:
