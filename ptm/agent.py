@@ -17,7 +17,7 @@ from ptm.decisions import AdminDecision, forget_decision, pending_decisions
 from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
 from ptm.judgement import judge
-from ptm.ledger import Ledger, is_final
+from ptm.ledger import Ledger
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.siteconfig import SiteConfig
 from ptm.status import State, StatusRecord, utc_now_text
@@ -173,12 +173,20 @@ class Agent:
             )
             self.log.error("%s", warning, extra={"task": change.task_id, "decision": "tampering"})
             self.workdir.save_state(self.workdir.load_state().with_warning(warning))
-        if change.cancel_added and not is_final(existing.state):
+        if change.cancel_added and not existing.is_final:
             self._request_cancel(change.task_id, existing)
 
     def _receive(self, task_id: str, head: str, *, text: bytes | None, cancel_now: bool) -> None:
         verdict = judge(self.mirror, self.config, task_id, head, text=text)
         decision = verdict.decision
+        if not decision.for_this_site and verdict.invalid is not None:
+            self.log.info(
+                "task %s ignored: it is invalid and does not readably ask for this site: %s",
+                task_id,
+                verdict.invalid.problems[0],
+                extra={"task": task_id, "decision": "ignored"},
+            )
+            return
         if not decision.for_this_site:
             self.log.debug("task %s is not for this site", task_id, extra={"task": task_id})
             return

@@ -19,8 +19,6 @@ import git.exc
 
 from ptm.errors import RegistryError
 
-ZERO_SHA = "0" * 40
-
 
 @dataclass(frozen=True)
 class SignatureCheck:
@@ -175,16 +173,6 @@ class GitRepo:
     def list_tree(self, rev: str, path: str) -> list[str]:
         out = self.run("ls-tree", "-r", "-z", "--name-only", rev, "--", path, strip=False)
         return [p for p in out.split("\0") if p]
-
-    def list_dirs(self, rev: str, path: str) -> list[str]:
-        out = self.run("ls-tree", "-d", "-z", "--name-only", f"{rev}:{path}", strip=False)
-        return [p for p in out.split("\0") if p]
-
-    def read_blob(self, rev: str, path: str) -> bytes | None:
-        try:
-            return self.run_bytes("cat-file", "blob", f"{rev}:{path}")
-        except RegistryError:
-            return None
 
     def signatures(self, commits: Sequence[str], *, allowed_signers: Path) -> list[SignatureCheck]:
         if not commits:

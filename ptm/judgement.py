@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ptm.errors import InvalidDocument
 from ptm.gitrepo import SignatureCheck
@@ -12,7 +11,7 @@ from ptm.policy import Decision, Evidence, decide
 from ptm.schema import load_yaml_text
 from ptm.siteconfig import SiteConfig
 from ptm.sync import TasksMirror
-from ptm.task import TASK_FILE, TASKS_DIR, Task, load_task
+from ptm.task import EVERY_SITE, TASK_FILE, TASKS_DIR, Task, load_task
 from ptm.validation import problems_in_task_dir
 
 
@@ -36,6 +35,8 @@ def judge(
     concerns other sites be passed over without writing its folder out or asking git about
     its history, so that the first sync of a large registry stays cheap.
     """
+    if text is None:
+        text = mirror.task_texts([task_id], head).get(task_id)
     foreign = _foreign_task(task_id, text, config.site) if text is not None else None
     if foreign is not None:
         return Judgement(task_id, foreign, None, decide(foreign, config, Evidence()), head)
@@ -43,7 +44,7 @@ def judge(
     problems = problems_in_task_dir(task_dir, source=f"{TASKS_DIR}/{task_id}")
     if problems:
         invalid = InvalidDocument(problems)
-        names_us = _may_name_site(task_dir / TASK_FILE, config.site)
+        names_us = _asks_for_site(task_id, text, config.site)
         decision = Decision(names_us, (f"invalid task: {invalid}",), None, needs_approval=False)
         commit = mirror.task_commit(task_id, head) if names_us else head
         return Judgement(task_id, None, invalid, decision, commit)
@@ -69,10 +70,16 @@ def _foreign_task(task_id: str, text: bytes, site: str) -> Task | None:
     return None if task.targets(site) else task
 
 
-def _may_name_site(task_file: Path, site: str) -> bool:
-    """For a task too broken to load: does its text name this site (or every site)?"""
-    try:
-        text = task_file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+def _asks_for_site(task_id: str, text: bytes | None, site: str) -> bool:
+    """For a task that broke a rule: does its task.yaml still ask for this site (by name or
+    ``*``), so that the researcher should get a ``rejected`` status? Read from the blob in git,
+    never from the written-out folder (where task.yaml may be a symlink). A task whose YAML
+    does not even parse cannot say; it is left alone (and logged)."""
+    if text is None:
         return False
-    return site in text or "'*'" in text or '"*"' in text
+    try:
+        document = load_yaml_text(text, source=f"{TASKS_DIR}/{task_id}/{TASK_FILE}")
+    except InvalidDocument:
+        return False
+    sites = document.get("sites")
+    return isinstance(sites, list) and (site in sites or EVERY_SITE in sites)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from ptm.errors import RegistryError
 from ptm.gitrepo import GitRepo
-from ptm.registry import push_with_rebase, signing_options, ssh_environment
+from ptm.registry import commit, push_with_rebase, ssh_environment
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.status import OPEN_STATES as OPEN_STATE_SET
-from ptm.status import State, StatusRecord
+from ptm.status import StatusRecord
 from ptm.workdir import write_atomically
 
 REMOTE = "origin"
@@ -50,6 +48,7 @@ class Ledger:
         self.sign_key = sign_key
         self._ssh_key = ssh_key
         self._lock = threading.RLock()
+        self._unpushed: bool | None = None  # None: not known yet, ask git
 
     @property
     def repo(self) -> GitRepo:
@@ -139,17 +138,26 @@ class Ledger:
             body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"
             if status.reason:
                 body += f"\nReason: {' '.join(status.reason.split())[:300]}"
-            return commit_all(
+            sha = commit(
                 self.repo,
-                result_path(status.task, self.site),
+                [result_path(status.task, self.site)],
                 subject + body,
                 sign_key=self.sign_key,
+                allow_empty=True,
             )
+            self._unpushed = True
+            return sha
 
     def unpushed(self) -> bool:
-        repo = self.repo
-        head = repo.rev_parse("HEAD")
-        return head is not None and head != repo.rev_parse(f"{REMOTE}/{self.branch}")
+        """Whether commits wait for a push. Asked of git once; then this object keeps count,
+        so that an idle agent cycle costs no git process here."""
+        with self._lock:
+            if self._unpushed is None:
+                repo = self.repo
+                head = repo.rev_parse("HEAD")
+                remote = repo.rev_parse(f"{REMOTE}/{self.branch}")
+                self._unpushed = head is not None and head != remote
+            return self._unpushed
 
     def push(self) -> bool:
         """Push everything not yet on the registry; False when there was nothing to push."""
@@ -158,21 +166,5 @@ class Ledger:
                 return False
             # git updates refs/remotes/origin/results/<site> itself on a successful push.
             push_with_rebase(self.repo, self.branch, sign_key=self.sign_key, remote=REMOTE)
+            self._unpushed = False
             return True
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        with self._lock:
-            yield
-
-
-def commit_all(repo: GitRepo, path: str, message: str, *, sign_key: Path | None) -> str:
-    config, sign = signing_options(repo, sign_key)
-    repo.run("add", "--all", "--", path)
-    flag = "--gpg-sign" if sign else "--no-gpg-sign"
-    repo.run("commit", "--quiet", "--allow-empty", flag, "-m", message, config=config)
-    return repo.run("rev-parse", "HEAD")
-
-
-def is_final(state: State | str) -> bool:
-    return str(state) not in OPEN_STATES

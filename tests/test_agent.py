@@ -341,3 +341,17 @@ def test_retry_delay_backs_off_to_ten_minutes() -> None:
     assert [retry_delay(30, n) for n in range(6)] == [30, 30, 60, 120, 240, 480]
     assert retry_delay(30, 20) == 600
     assert retry_delay(900, 3) == 900  # a long poll interval is never shortened
+
+
+def test_invalid_task_for_another_site_is_left_alone_even_if_its_text_names_us(
+    bare_registry: Path, tmp_path: Path, researcher: Researcher, docker_client: object
+) -> None:
+    researcher.commit_file(
+        "tasks/elsewhere-typo/task.yaml",
+        "ptm: 1\nimage: x:1\nsites: [hospital-b]\ndescription: compare with hospital-a\nimgae: x\n",
+        "invalid, for hospital-b only",
+    )
+    researcher.commit_file("tasks/broken-yaml/task.yaml", "sites: [hospital-a\n", "not YAML")
+    site_agent(tmp_path, "hospital-a", bare_registry).once()
+    assert remote_status(bare_registry, "elsewhere-typo") is None
+    assert remote_status(bare_registry, "broken-yaml") is None
