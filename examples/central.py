@@ -6,6 +6,7 @@ the registry on their own. ``Federation`` says where tasks go and how long to wa
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -115,3 +116,38 @@ class SiteOutcome:
         why = f"{self.state}" + (f" ({self.reason})" if self.reason else "")
         tail = (self.log or "").strip().splitlines()[-3:]
         return why + "".join(f"\n    {line}" for line in tail)
+
+
+def add_federation_options(parser: argparse.ArgumentParser) -> None:
+    """The options every central script takes: where the registry is, which sites, waiting."""
+    parser.add_argument("registry", help="registry URL, bare repository path or clone")
+    parser.add_argument(
+        "--site",
+        action="append",
+        dest="sites",
+        metavar="SITE",
+        help="a site to ask (repeatable); default: every site ('*')",
+    )
+    parser.add_argument(
+        "--wait-for",
+        action="append",
+        default=[],
+        metavar="SITE",
+        help="with '*': the sites whose answers to wait for (repeatable)",
+    )
+    parser.add_argument("--sign-key", type=Path, help="SSH key that signs the tasks' commits")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait a task")
+    parser.add_argument("--poll-interval", type=float, default=5.0)
+    parser.add_argument("--results-dir", type=Path, help="keep the collected results here")
+
+
+def federation_from_args(args: argparse.Namespace) -> Federation:
+    return Federation(
+        Registry.open(args.registry),
+        sites=tuple(args.sites or [EVERY_SITE]),
+        wait_for=tuple(args.wait_for),
+        sign_key=args.sign_key,
+        timeout=args.timeout,
+        poll_interval=args.poll_interval,
+        results_dir=args.results_dir,
+    )

@@ -29,10 +29,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptm.api import Registry
 from ptm.errors import PtmError
 
-from .central import EVERY_SITE, Federation, SiteOutcome, StudyError, run_task
+from .central import (
+    Federation,
+    SiteOutcome,
+    StudyError,
+    add_federation_options,
+    federation_from_args,
+    run_task,
+)
 from .newton import NewtonTerms, Vector, newton_step, standard_errors
 from .pooled import pooled_logistic_fit
 from .synthetic import site_files
@@ -203,31 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="federated-logistic",
         description="Fit a logistic regression across sites, one Newton round per task.",
     )
-    parser.add_argument("registry", help="registry URL, bare repository path or clone")
-    parser.add_argument(
-        "--site",
-        action="append",
-        dest="sites",
-        metavar="SITE",
-        help="a site to ask (repeatable); default: every site ('*')",
-    )
-    parser.add_argument(
-        "--wait-for",
-        action="append",
-        default=[],
-        metavar="SITE",
-        help="with '*': the sites whose answers to wait for in round 1",
-    )
+    add_federation_options(parser)
     parser.add_argument("--prefix", required=True, help="task ids are PREFIX-r1, PREFIX-r2…")
     parser.add_argument("--outcome", required=True, help="the 0/1 column to model")
     parser.add_argument("--predictor", action="append", required=True, dest="predictors")
     parser.add_argument("--image", default=IMAGE)
     parser.add_argument("--tolerance", type=float, default=1e-8)
     parser.add_argument("--max-rounds", type=int, default=12)
-    parser.add_argument("--sign-key", type=Path, help="SSH key that signs the tasks' commits")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait a round")
-    parser.add_argument("--poll-interval", type=float, default=5.0)
-    parser.add_argument("--results-dir", type=Path, help="keep the collected results here")
     parser.add_argument(
         "--compare-pooled",
         type=Path,
@@ -236,15 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        federation = Federation(
-            Registry.open(args.registry),
-            sites=tuple(args.sites or [EVERY_SITE]),
-            wait_for=tuple(args.wait_for),
-            sign_key=args.sign_key,
-            timeout=args.timeout,
-            poll_interval=args.poll_interval,
-            results_dir=args.results_dir,
-        )
+        federation = federation_from_args(args)
         fit = run_federated_logistic(
             federation,
             prefix=args.prefix,

@@ -20,12 +20,17 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from ptm.api import Registry
 from ptm.errors import PtmError
 
-from .central import EVERY_SITE, Federation, SiteOutcome, StudyError, run_task
+from .central import (
+    Federation,
+    SiteOutcome,
+    StudyError,
+    add_federation_options,
+    federation_from_args,
+    run_task,
+)
 
 IMAGE = "ptm-examples/federated-mean:latest"
 SUMMARY_FILE = "summary.json"
@@ -130,39 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="federated-mean", description="Submit a federated mean and print what sites answer."
     )
-    parser.add_argument("registry", help="registry URL, bare repository path or clone")
-    parser.add_argument(
-        "--site",
-        action="append",
-        dest="sites",
-        metavar="SITE",
-        help="a site to ask (repeatable); default: every site ('*')",
-    )
-    parser.add_argument(
-        "--wait-for",
-        action="append",
-        default=[],
-        metavar="SITE",
-        help="with '*': the sites whose answers to wait for (repeatable)",
-    )
+    add_federation_options(parser)
     parser.add_argument("--column", required=True, help="the column to average")
     parser.add_argument("--task-id", required=True, help="a new task id")
     parser.add_argument("--image", default=IMAGE)
-    parser.add_argument("--sign-key", type=Path, help="SSH key that signs the task's commit")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
-    parser.add_argument("--poll-interval", type=float, default=5.0)
-    parser.add_argument("--results-dir", type=Path, help="keep the collected results here")
     args = parser.parse_args(argv)
     try:
-        federation = Federation(
-            Registry.open(args.registry),
-            sites=tuple(args.sites or [EVERY_SITE]),
-            wait_for=tuple(args.wait_for),
-            sign_key=args.sign_key,
-            timeout=args.timeout,
-            poll_interval=args.poll_interval,
-            results_dir=args.results_dir,
-        )
+        federation = federation_from_args(args)
         result = run_federated_mean(
             federation, column=args.column, task_id=args.task_id, image=args.image
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ptm import __version__
 from ptm.decisions import AdminDecision, forget_decision, pending_decisions
@@ -217,7 +218,7 @@ class Agent:
                 extra={"task": task_id, "decision": "awaiting_approval"},
             )
         else:
-            self._accept(verdict.task, record)
+            self._accept(verdict.task, record, verdict.task_dir)
 
     def _apply_admin_decisions(self) -> None:
         for decision in pending_decisions(self.workdir):
@@ -253,7 +254,7 @@ class Agent:
         elif record.state == "awaiting_approval" and decision.verdict == "approve":
             task_dir = self.mirror.materialize(task_id, record.task_commit)
             task = load_task(task_dir, task_id=task_id)
-            self._accept(task, replace(record, reason=None, decided_by=by))
+            self._accept(task, replace(record, reason=None, decided_by=by), task_dir)
         else:
             self.log.warning(
                 "cannot %s task %s: it is %s", decision.verdict, task_id, record.state, extra=extra
@@ -275,9 +276,11 @@ class Agent:
             extra={"task": record.task, "decision": state, "reason": reason},
         )
 
-    def _accept(self, task: Task, record: StatusRecord) -> None:
+    def _accept(self, task: Task, record: StatusRecord, task_dir: Path | None) -> None:
         accepted = replace(record, state="accepted")
-        prepare_run(self.workdir, task, self.mirror.materialize(task.id, record.task_commit))
+        prepare_run(
+            self.workdir, task, task_dir or self.mirror.materialize(task.id, record.task_commit)
+        )
         self.ledger.record(accepted)
         self.log.info(
             "task %s accepted (image %s)",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ptm.errors import InvalidDocument
 from ptm.gitrepo import SignatureCheck
@@ -24,6 +25,7 @@ class Judgement:
     invalid: InvalidDocument | None
     decision: Decision
     task_commit: str
+    task_dir: Path | None = None  # the folder written out for it, when it concerns this site
 
 
 def judge(
@@ -57,7 +59,7 @@ def judge(
     if config.policy.require_signed_tasks and signers is not None:
         signatures = tuple(mirror.signatures(mirror.task_commits(task_id, head), signers))
     decision = decide(task, config, Evidence(signatures=signatures))
-    return Judgement(task_id, task, None, decision, task_commit)
+    return Judgement(task_id, task, None, decision, task_commit, task_dir)
 
 
 def _foreign_task(task_id: str, text: bytes, site: str) -> Task | None:
