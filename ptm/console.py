@@ -31,3 +31,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 def _cell(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def shorten(text: str, width: int = 60) -> str:
+    """One line of at most ``width`` characters (for a table cell)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"

@@ -11,7 +11,7 @@ from typing import Any
 from ptm import logs
 from ptm.agent import Agent
 from ptm.commands.agent_admin_cmd import add_actions
-from ptm.console import format_table, print_json, say
+from ptm.console import format_table, print_json, say, shorten
 from ptm.errors import ConfigError
 from ptm.ledger import Ledger
 from ptm.runtimes import open_runtime
@@ -144,13 +144,9 @@ def run_status(args: argparse.Namespace) -> int:
         say(f"WARNING: {warning}")
     if unpushed:
         say("results committed locally but not pushed yet (the next cycle retries)")
-    rows = [(r.task, r.state, r.finished_at or r.received_at, _short(r.reason)) for r in records]
+    rows = [
+        (r.task, r.state, r.finished_at or r.received_at, shorten(r.reason or "", 70))
+        for r in records
+    ]
     say(format_table(("TASK", "STATE", "WHEN", "REASON"), rows) if rows else "no tasks yet")
     return 0
-
-
-def _short(text: str | None, width: int = 70) -> str | None:
-    if text is None:
-        return None
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= width else line[: width - 1] + "…"

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ptm.api import DEFAULT_POLL_INTERVAL, SiteResult, WaitTimedOut
-from ptm.commands.status_cmd import add_location_options, open_registry, shorten
-from ptm.console import format_table, print_json, say, warn
+from ptm.commands.status_cmd import add_location_options, open_registry
+from ptm.console import format_table, print_json, say, shorten, warn
 from ptm.errors import PtmError
 from ptm.federation import TaskStatus
 

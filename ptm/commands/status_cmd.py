@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ptm.api import Registry
-from ptm.console import format_table, print_json, say, warn
+from ptm.console import format_table, print_json, say, shorten, warn
 from ptm.federation import WAITING, Overview, SiteStatus, TaskOverview, TaskStatus
 from ptm.status import StatusRecord
-
-REASON_WIDTH = 60
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -101,12 +99,6 @@ def _counts_line(overview: Overview) -> str:
         f"{tasks} task{'s' if tasks != 1 else ''}, {len(overview.sites)} sites with results "
         f"branches: {states}"
     )
-
-
-def shorten(text: str, width: int = REASON_WIDTH) -> str:
-    """One line of at most ``width`` characters."""
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def overview_document(overview: Overview) -> dict[str, Any]:
