@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptm.federation import RegistryRefs, read_task_status, result_branches
-from ptm.gitrepo import GitRepo, describe_signature_status
+from ptm.gitrepo import GitRepo, SignatureCheck
 from ptm.ledger import RESULTS_DIR
 from ptm.task import CANCEL_FILE, TASKS_DIR
 
@@ -19,28 +19,28 @@ FIELD = "\x1f"
 
 @dataclass(frozen=True)
 class CommitCheck:
-    """One commit, its verified signature (``%G?``, signer principal) and the paths it touched."""
+    """One commit of the history: git's signature check of it, its date and the paths it touched."""
 
-    commit: str
-    status: str
-    signer: str
-    author: str
+    signature: SignatureCheck
     date: str
-    subject: str
     paths: tuple[str, ...]
 
     @property
-    def good(self) -> bool:
-        return self.status == "G"
+    def commit(self) -> str:
+        return self.signature.commit
 
-    def describe(self) -> str:
-        return describe_signature_status(self.status)
+    @property
+    def good(self) -> bool:
+        return self.signature.good
 
     def signature_text(self) -> str:
+        check = self.signature
+        return f"{check.signer} (good)" if check.good else f"{check.author} ({check.describe()})"
+
+    def describe(self) -> str:
+        check = self.signature
         return (
-            f"{self.signer} (good)"
-            if self.good
-            else f"{self.author} ({describe_signature_status(self.status)})"
+            f"commit {check.commit[:12]} ({check.subject!r} by {check.author}): {check.describe()}"
         )
 
 
@@ -90,7 +90,7 @@ def history(
     repo: GitRepo, ref: str, under: str, *, allowed_signers: Path | None
 ) -> list[CommitCheck]:
     """Every non-merge commit of ``ref`` touching ``under``, oldest first, in one git process."""
-    fmt = FIELD.join(("%H", "%G?", "%GS", "%ae", "%aI", "%s"))
+    fmt = FIELD.join(("%H", "%G?", "%GS", "%GK", "%ae", "%s", "%aI"))
     config = {"gpg.ssh.allowedSignersFile": str(allowed_signers)} if allowed_signers else {}
     config["core.quotePath"] = "false"
     out = repo.run(
@@ -112,9 +112,9 @@ def parse_history(output: str) -> list[CommitCheck]:
     checks = []
     for record in output.split(RECORD)[1:]:
         header, _, names = record.partition("\n")
-        commit, status, signer, author, date, subject = (header.split(FIELD) + [""] * 6)[:6]
+        *fields, date = (header.split(FIELD) + [""] * 7)[:7]
         paths = tuple(line for line in names.splitlines() if line)
-        checks.append(CommitCheck(commit, status, signer, author, date, subject, paths))
+        checks.append(CommitCheck(SignatureCheck(*fields), date, paths))
     return checks
 
 
@@ -184,7 +184,7 @@ def task_findings(
                 task.task_id,
                 None,
                 "unsigned-task",
-                f"commit {c.commit[:12]} ({c.subject!r} by {c.author}): {c.describe()}",
+                c.describe(),
             )
             for c in task.commits
             if not c.good
@@ -204,7 +204,7 @@ def _site_findings(
                 task.task_id,
                 site.site,
                 "unsigned-result",
-                f"result commit {c.commit[:12]} ({c.subject!r}): {c.describe()}",
+                f"result {c.describe()}",
             )
             for c in site.commits
             if not c.good

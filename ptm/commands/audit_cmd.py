@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ptm.audit import AuditReport, TaskAudit, run_audit
+from ptm.audit import AuditReport, CommitCheck, TaskAudit, run_audit
 from ptm.commands.status_cmd import add_location_options, open_registry
 from ptm.console import format_table, print_json, say
 from ptm.errors import PtmError
@@ -90,7 +90,7 @@ def _short_image(ref: str | None) -> str | None:
     return f"{name}sha256:{digest[:12]}"
 
 
-def _signers(commits: tuple[Any, ...]) -> str:
+def _signers(commits: tuple[CommitCheck, ...]) -> str:
     texts = sorted({c.signature_text() for c in commits})
     return ", ".join(texts) if texts else "-"
 
@@ -101,7 +101,7 @@ def _document(report: AuditReport) -> dict[str, Any]:
         "tasks": [
             {
                 "task": t.task_id,
-                "commits": [c.__dict__ | {"paths": list(c.paths)} for c in t.commits],
+                "commits": [_commit_document(c) for c in t.commits],
                 "sites": [
                     {
                         "site": s.site,
@@ -109,7 +109,7 @@ def _document(report: AuditReport) -> dict[str, Any]:
                         "image": s.image,
                         "image_run": s.image_ref,
                         "task_commit": s.task_commit,
-                        "commits": [c.__dict__ | {"paths": list(c.paths)} for c in s.commits],
+                        "commits": [_commit_document(c) for c in s.commits],
                     }
                     for s in t.sites
                 ],
@@ -118,3 +118,7 @@ def _document(report: AuditReport) -> dict[str, Any]:
         ],
         "findings": [f.__dict__ for f in report.findings],
     }
+
+
+def _commit_document(check: CommitCheck) -> dict[str, Any]:
+    return {**check.signature.__dict__, "date": check.date, "paths": list(check.paths)}
