@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -355,3 +358,63 @@ def test_invalid_task_for_another_site_is_left_alone_even_if_its_text_names_us(
     site_agent(tmp_path, "hospital-a", bare_registry).once()
     assert remote_status(bare_registry, "elsewhere-typo") is None
     assert remote_status(bare_registry, "broken-yaml") is None
+
+
+def test_site_environment_and_read_only_data_mounts_reach_the_container(
+    bare_registry: Path, tmp_path: Path, researcher: Researcher, docker_client: object
+) -> None:
+    data = tmp_path / "site-data"
+    data.mkdir()
+    data.chmod(0o755)
+    (data / "patients.csv").write_text("age\n54\n")
+    (data / "patients.csv").chmod(0o644)
+    script = (
+        'echo "$SPARQL_ENDPOINT" > /ptm/output/endpoint; cat /data/patients.csv > /ptm/output/rows;'
+        " if touch /data/new 2>/dev/null; then echo writable; else echo read-only; fi"
+        " > /ptm/output/mount"
+    )
+    researcher.submit("uses-data", script)
+    site_agent(
+        tmp_path,
+        "hospital-a",
+        bare_registry,
+        environment={"SPARQL_ENDPOINT": "http://sparql.internal:8890/sparql"},
+        mounts=[{"source": str(data), "target": "/data"}],
+    ).once()
+    status = remote_status(bare_registry, "uses-data")
+    assert status is not None and status["state"] == "completed", status
+    endpoint = remote_file(bare_registry, "uses-data", "output/endpoint")
+    assert endpoint == "http://sparql.internal:8890/sparql"
+    assert remote_file(bare_registry, "uses-data", "output/rows") == "age\n54"
+    assert remote_file(bare_registry, "uses-data", "output/mount") == "read-only"
+    assert not (data / "new").exists()
+
+
+def test_json_log_lines_name_task_and_decision(
+    bare_registry: Path, tmp_path: Path, researcher: Researcher, docker_client: object
+) -> None:
+    researcher.submit("logged", "true")
+    researcher.submit("refused", image="evil/x:1")
+    config = write_site_config(tmp_path, "hospital-a", bare_registry)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptm",
+            "agent",
+            "once",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    decisions = {(e.get("task"), e.get("decision")) for e in lines}
+    assert {("logged", "accepted"), ("logged", "completed"), ("refused", "rejected")} <= decisions
+    refused = next(e for e in lines if e.get("task") == "refused")
+    assert refused["site"] == "hospital-a" and "policy.allowed_images" in refused["reason"]
