@@ -1,0 +1,418 @@
+"""The one place ptm reads git trees it does not trust: the tasks branch and every results branch.
+
+Anyone who can push may craft trees that ``git add`` never makes (``git mktree``, ``git
+hash-object -t tree``…): names ``..`` or ``.git`` or with newlines, duplicate entries, symlinks,
+gitlinks, blobs of hundreds of megabytes that cost a few kilobytes to push, very deep or very wide
+trees. So this module reads *raw tree objects* (``git cat-file``), parses them itself (exact bytes,
+so nothing git's path printing might hide) and checks every entry before any blob is read or
+anything touches the filesystem:
+
+- names: valid UTF-8, not empty, ``.``, ``..``, no ``/``, and nothing ``ptm.outputs.name_problem``
+  refuses (``.git`` in any case and its look-alikes, control and invisible characters,
+  backslashes, names differing only in case…);
+- modes: regular files (100644, 100755) and folders only; symlinks and gitlinks are refused;
+- no two entries of one folder with the same name (or the same name up to case and Unicode
+  normalisation);
+- sizes (from ``git cat-file --batch-check``) before contents: each blob against a cap, the total
+  against a cap; tree objects too; caps on the number of entries and the depth.
+
+A ``CheckedTree`` holds only entries that passed, plus every ``TreeProblem`` found. Blob texts are
+read only for checked entries (``read_texts``), and a tree is written out (``write_tree``) only
+into a folder that does not exist yet, creating every path relative to an already opened folder
+with no-follow semantics, so nothing is ever written through a link.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ptm.errors import PtmError
+from ptm.gitrepo import GitRepo
+from ptm.gittrees import parse_batch_output
+from ptm.outputs import name_problem
+
+FILE_MODES = frozenset({b"100644", b"100755"})
+TREE_MODE = b"40000"
+MODE_NAMES = {b"120000": "a symbolic link", b"160000": "a gitlink (submodule)"}
+OID_BYTES = 20  # SHA-1 repositories; SHA-256 ones are refused as unreadable
+READ_CHUNK_BYTES = 16 * 1024**2  # at most this many blob bytes in memory at once
+
+
+class TreeRefused(PtmError):
+    """A tree could not be read at all (missing, not a tree, over a cap before any entry)."""
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What one read may cost: entries, depth, and bytes per blob, in all, and per tree object."""
+
+    max_entries: int = 2000
+    max_depth: int = 16
+    max_blob_bytes: int = 50 * 1024**2
+    max_total_bytes: int = 50 * 1024**2
+    max_tree_bytes: int = 4 * 1024**2
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One entry of a raw tree object, exactly as stored (the name is bytes)."""
+
+    mode: bytes
+    name: bytes
+    oid: str
+
+
+@dataclass(frozen=True)
+class TreeProblem:
+    """Why one entry (``path``, as safe text) was refused, with a short rule name."""
+
+    path: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} [{self.rule}]"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A checked entry: ``path`` is made of checked names joined by ``/``."""
+
+    path: str
+    oid: str
+    is_dir: bool
+    executable: bool = False
+    size: int = 0  # blobs only
+
+
+@dataclass(frozen=True)
+class CheckedTree:
+    """The entries of one tree that passed every check, and every problem found."""
+
+    oid: str
+    entries: tuple[Entry, ...]
+    problems: tuple[TreeProblem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def files(self) -> tuple[Entry, ...]:
+        return tuple(e for e in self.entries if not e.is_dir)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def get(self, path: str) -> Entry | None:
+        return next((e for e in self.entries if e.path == path), None)
+
+    def under(self, folder: str) -> CheckedTree:
+        """The entries below ``folder`` (paths made relative to it)."""
+        prefix = f"{folder}/"
+        inside = tuple(
+            Entry(e.path[len(prefix) :], e.oid, e.is_dir, e.executable, e.size)
+            for e in self.entries
+            if e.path.startswith(prefix)
+        )
+        found = self.get(folder)
+        return CheckedTree(found.oid if found else "", inside)
+
+
+@dataclass
+class _Walk:
+    caps: Caps
+    where: str
+    entries: list[Entry] = field(default_factory=list)
+    problems: list[TreeProblem] = field(default_factory=list)
+    total: int = 0
+
+    def problem(self, path: str, rule: str, message: str) -> None:
+        self.problems.append(
+            TreeProblem(f"{self.where}/{path}" if path else self.where, rule, message)
+        )
+
+
+# ---- pure parsing and checking ------------------------------------------------------------
+
+
+def parse_tree_object(data: bytes) -> list[RawEntry]:
+    """Entries of a raw tree object (``<mode> <name>\\0<20-byte id>`` each); ValueError if not."""
+    entries = []
+    position = 0
+    while position < len(data):
+        space = data.index(b" ", position)
+        nul = data.index(b"\0", space)
+        end = nul + 1 + OID_BYTES
+        if end > len(data):
+            raise ValueError("truncated tree entry")
+        mode, name = data[position:space], data[space + 1 : nul]
+        entries.append(RawEntry(mode, name, data[nul + 1 : end].hex()))
+        position = end
+    return entries
+
+
+def shown_name(name: bytes) -> str:
+    """A raw name as a message may print it: quoted, every odd byte escaped."""
+    return ascii(name.decode("utf-8", "backslashreplace"))[1:-1] or "''"
+
+
+def entry_name_problem(name: bytes) -> str | None:
+    """Why a tree entry's name is refused, if it is."""
+    if not name:
+        return "is empty"
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not valid UTF-8"
+    if text in (".", ".."):
+        return f"is {text!r}"
+    if "/" in text or "\0" in text:
+        return "holds a '/' or NUL, which no file name can"
+    return name_problem(text)
+
+
+def check_folder(
+    raw: Sequence[RawEntry],
+) -> tuple[list[tuple[RawEntry, str]], list[tuple[str, str, str]]]:
+    """(accepted entries with their names, problems as (name, rule, message)) for one folder."""
+    accepted: list[tuple[RawEntry, str]] = []
+    problems: list[tuple[str, str, str]] = []
+    seen: dict[str, int] = {}
+    for entry in raw:
+        folded = unicodedata.normalize("NFC", entry.name.decode("utf-8", "replace")).casefold()
+        seen[folded] = seen.get(folded, 0) + 1
+    for entry in raw:
+        shown = shown_name(entry.name)
+        if (why := entry_name_problem(entry.name)) is not None:
+            problems.append((shown, "name", f"the name {why}"))
+            continue
+        text = entry.name.decode("utf-8")
+        if seen[unicodedata.normalize("NFC", text).casefold()] > 1:
+            problems.append((shown, "duplicate", "appears more than once in its folder"))
+            continue
+        if entry.mode not in FILE_MODES and entry.mode != TREE_MODE:
+            kind = MODE_NAMES.get(entry.mode, f"of mode {shown_name(entry.mode)}")
+            problems.append((shown, "mode", f"is {kind}; only regular files and folders are read"))
+            continue
+        accepted.append((entry, text))
+    return accepted, problems
+
+
+# ---- reading from git ---------------------------------------------------------------------
+
+
+def object_sizes(repo: GitRepo, oids: Sequence[str]) -> list[tuple[str, int] | None]:
+    """(type, size) of each object, None when missing; one ``git cat-file --batch-check``."""
+    if not oids:
+        return []
+    request = "".join(f"{oid}\n" for oid in oids).encode("ascii")
+    out = repo.run_with_input("cat-file", "--batch-check", stdin=request)
+    found: list[tuple[str, int] | None] = []
+    for line in out.decode("ascii", "replace").splitlines()[: len(oids)]:
+        parts = line.split(" ")
+        found.append((parts[1], int(parts[2])) if len(parts) == 3 else None)
+    return found
+
+
+def read_raw(repo: GitRepo, oids: Sequence[str]) -> list[bytes | None]:
+    """Contents of objects already checked for size; one ``git cat-file --batch``."""
+    if not oids:
+        return []
+    request = "".join(f"{oid}\n" for oid in oids).encode("ascii")
+    objects = parse_batch_output(
+        repo.run_with_input("cat-file", "--batch", stdin=request), len(oids)
+    )
+    return [obj.data if obj is not None else None for obj in objects]
+
+
+def root_tree(repo: GitRepo, commit: str) -> str:
+    """The root tree of ``commit``; TreeRefused when it is not a commit of this repository."""
+    oid = repo.rev_parse(commit)
+    if oid is None:
+        raise TreeRefused(f"{commit[:12]} is not a commit of {repo.path}")
+    return repo.run("rev-parse", f"{oid}^{{tree}}")
+
+
+def read_folder(repo: GitRepo, tree_oid: str, *, where: str, max_bytes: int) -> list[RawEntry]:
+    """The raw entries of one tree object; TreeRefused when it is missing, no tree, or too big."""
+    (info,) = object_sizes(repo, [tree_oid])
+    if info is None or info[0] != "tree":
+        raise TreeRefused(f"{where}: not a folder")
+    if info[1] > max_bytes:
+        raise TreeRefused(f"{where}: its listing is {info[1]} bytes, at most {max_bytes} are read")
+    (data,) = read_raw(repo, [tree_oid])
+    try:
+        return parse_tree_object(data or b"")
+    except ValueError as exc:
+        raise TreeRefused(f"{where}: not a well-formed tree ({exc})") from exc
+
+
+def lookup(entries: Iterable[RawEntry], name: str) -> list[RawEntry]:
+    """Every entry of one folder called ``name`` (a crafted tree may hold several)."""
+    wanted = name.encode("utf-8")
+    return [e for e in entries if e.name == wanted]
+
+
+def read_tree(repo: GitRepo, tree_oid: str, *, where: str, caps: Caps = Caps()) -> CheckedTree:
+    """Walk the tree ``tree_oid`` breadth first, checking each level before reading the next.
+
+    ``where`` names the tree in problems (``tasks/age-stats``). Costs two git processes per level
+    and one for the blob sizes. TreeRefused only when the top tree itself cannot be read.
+    """
+    walk = _Walk(caps, where)
+    level: list[tuple[str, str]] = [("", tree_oid)]  # (path, tree oid)
+    blobs: list[tuple[str, RawEntry]] = []
+    depth = 0
+    while level:
+        depth += 1
+        contents = _read_level(repo, walk, level, top=depth == 1)
+        next_level: list[tuple[str, str]] = []
+        for path, raw in contents:
+            accepted, problems = check_folder(raw)
+            for name, rule, message in problems:
+                walk.problem(_join(path, name), rule, message)
+            for entry, name in accepted:
+                child = _join(path, name)
+                if len(walk.entries) + len(blobs) + len(next_level) >= caps.max_entries:
+                    walk.problem(child, "max-entries", f"more than {caps.max_entries} entries")
+                    return _finish(repo, walk, blobs)
+                if depth > caps.max_depth:
+                    walk.problem(child, "max-depth", f"deeper than {caps.max_depth} levels")
+                    continue
+                if entry.mode == TREE_MODE:
+                    walk.entries.append(Entry(child, entry.oid, True))
+                    next_level.append((child, entry.oid))
+                else:
+                    blobs.append((child, entry))
+        level = next_level
+    return _finish(repo, walk, blobs)
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
+def _read_level(
+    repo: GitRepo, walk: _Walk, level: list[tuple[str, str]], *, top: bool
+) -> list[tuple[str, list[RawEntry]]]:
+    sizes = object_sizes(repo, [oid for _, oid in level])
+    wanted: list[tuple[str, str]] = []
+    for (path, oid), info in zip(level, sizes, strict=True):
+        if info is None or info[0] != "tree":
+            if top:
+                raise TreeRefused(f"{walk.where}: not a folder")
+            walk.problem(path, "missing", "its folder object is missing")
+        elif info[1] > walk.caps.max_tree_bytes:
+            if top:
+                raise TreeRefused(
+                    f"{walk.where}: its listing is {info[1]} bytes, at most "
+                    f"{walk.caps.max_tree_bytes} are read"
+                )
+            walk.problem(path, "max-bytes", f"its listing is {info[1]} bytes")
+        else:
+            wanted.append((path, oid))
+    contents = []
+    for (path, _), data in zip(wanted, read_raw(repo, [oid for _, oid in wanted]), strict=True):
+        try:
+            contents.append((path, parse_tree_object(data or b"")))
+        except ValueError as exc:
+            if top:
+                raise TreeRefused(f"{walk.where}: not a well-formed tree ({exc})") from exc
+            walk.problem(path, "malformed", f"not a well-formed tree ({exc})")
+    return contents
+
+
+def _finish(repo: GitRepo, walk: _Walk, blobs: list[tuple[str, RawEntry]]) -> CheckedTree:
+    sizes = object_sizes(repo, [entry.oid for _, entry in blobs])
+    for (path, entry), info in zip(blobs, sizes, strict=True):
+        if info is None or info[0] != "blob":
+            walk.problem(path, "missing", "its file object is missing or not a file")
+        elif info[1] > walk.caps.max_blob_bytes:
+            walk.problem(
+                path, "max-bytes", f"is {info[1]} bytes, at most {walk.caps.max_blob_bytes}"
+            )
+        elif walk.total + info[1] > walk.caps.max_total_bytes:
+            walk.problem(
+                path, "max-total-bytes", f"brings the total over {walk.caps.max_total_bytes} bytes"
+            )
+        else:
+            walk.total += info[1]
+            executable = entry.mode == b"100755"
+            walk.entries.append(Entry(path, entry.oid, False, executable, info[1]))
+    entries = tuple(sorted(walk.entries, key=lambda e: e.path))
+    return CheckedTree("", entries, tuple(walk.problems))
+
+
+def checked_tree(repo: GitRepo, tree_oid: str, *, where: str, caps: Caps = Caps()) -> CheckedTree:
+    """``read_tree``, with the tree's own id kept on the result."""
+    found = read_tree(repo, tree_oid, where=where, caps=caps)
+    return CheckedTree(tree_oid, found.entries, found.problems)
+
+
+def read_texts(repo: GitRepo, entries: Sequence[Entry]) -> dict[str, bytes]:
+    """The contents of checked file entries (their sizes were checked), by path."""
+    files = [e for e in entries if not e.is_dir]
+    found = read_raw(repo, [e.oid for e in files])
+    return {e.path: data for e, data in zip(files, found, strict=True) if data is not None}
+
+
+# ---- writing out --------------------------------------------------------------------------
+
+
+def write_tree(repo: GitRepo, tree: CheckedTree, dest: Path, *, file_mode: int = 0o644) -> None:
+    """Write the checked entries of ``tree`` into ``dest``, which must not exist yet.
+
+    Every folder is created with ``mkdir`` relative to its already opened parent, every file
+    with ``O_CREAT | O_EXCL | O_NOFOLLOW``: nothing is written through a link or over anything.
+    """
+    dest.mkdir(mode=0o700)
+    folders = {"": os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)}
+    try:
+        for entry in tree.entries:
+            if entry.is_dir:
+                parent, name = _split(entry.path)
+                os.mkdir(name, 0o700, dir_fd=folders[parent])
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                folders[entry.path] = os.open(name, flags, dir_fd=folders[parent])
+                os.fchmod(folders[entry.path], 0o755)
+        for batch in _batches(tree.files):
+            for entry, data in zip(batch, read_raw(repo, [e.oid for e in batch]), strict=True):
+                parent, name = _split(entry.path)
+                mode = file_mode | (0o111 if entry.executable else 0)
+                _write_new(folders[parent], name, data or b"", mode)
+    finally:
+        for fd in folders.values():
+            os.close(fd)
+    dest.chmod(0o755)
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+def _batches(files: Sequence[Entry]) -> Iterable[list[Entry]]:
+    batch: list[Entry] = []
+    size = 0
+    for entry in files:
+        if batch and size + entry.size > READ_CHUNK_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(entry)
+        size += entry.size
+    if batch:
+        yield batch
+
+
+def _write_new(folder_fd: int, name: str, data: bytes, mode: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=folder_fd)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(data)
+        os.fchmod(stream.fileno(), mode)
