@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ptm.errors import InvalidDocument
 from ptm.gitrepo import SignatureCheck
 from ptm.policy import Decision, Evidence, decide
 from ptm.schema import load_yaml_text
+from ptm.signatures import verify_task
 from ptm.siteconfig import SiteConfig
 from ptm.sync import TasksMirror
 from ptm.task import EVERY_SITE, TASK_FILE, TASKS_DIR, Task, load_task
@@ -57,7 +59,10 @@ def judge(
     signatures: tuple[SignatureCheck, ...] = ()
     signers = config.policy.allowed_signers
     if config.policy.require_signed_tasks and signers is not None:
-        signatures = tuple(mirror.signatures(mirror.task_commits(task_id, head), signers))
+        # Key lifetimes are checked as of now, the first cycle that sees the commit, not as of
+        # the committer date its pusher chose; the allowed signers file is read afresh.
+        now = datetime.now(timezone.utc)
+        signatures = verify_task(mirror.repo, head, task_id, signers, at=now)
     decision = decide(task, config, Evidence(signatures=signatures))
     return Judgement(task_id, task, None, decision, task_commit, task_dir)
 

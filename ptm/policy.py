@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ptm.gitrepo import SignatureCheck
+from ptm.signatures import commit_label
 from ptm.siteconfig import SiteConfig
 from ptm.task import Task
 
@@ -106,7 +107,7 @@ def _signature_reasons(checks: Sequence[SignatureCheck], trusted: Sequence[str])
         return ["no commit for this task was found to verify (policy.require_signed_tasks)"]
     reasons = []
     for check in checks:
-        where = f"commit {check.commit[:12]} ({check.subject!r} by {check.author})"
+        where = commit_label(check)  # says so when it is a merge with content of its own
         if not check.good:
             reasons.append(f"{where}: {check.describe()} (policy.require_signed_tasks)")
         elif trusted and check.signer not in trusted:

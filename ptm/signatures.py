@@ -69,7 +69,7 @@ def commit_label(check: SignatureCheck) -> str:
     """``commit 1a2b… ('subject' by author)``, saying so when it is an evil merge."""
     where = f"commit {check.commit[:12]} ({check.subject!r} by {check.author})"
     if isinstance(check, CommitSignature) and check.merge:
-        return f"merge {where}, which {EVIL_MERGE},"
+        return f"merge {where}, which {EVIL_MERGE}"
     return where
 
 

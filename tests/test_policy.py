@@ -263,3 +263,104 @@ def test_explain_unknown_task(
 ) -> None:
     code, out = explain(tmp_path, bare_registry, signers_file, "nope", capsys)
     assert code == 1 and "not on branch main" in out
+
+
+# ---- merges with content of their own, key lifetimes and retired keys -----------------------
+
+
+def sign_options(key: SigningKey | None) -> list[str]:
+    if key is None:
+        return ["-c", "commit.gpgSign=false"]
+    return [
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        f"user.signingKey={key.private}",
+        "-c",
+        "commit.gpgSign=true",
+    ]
+
+
+def evil_merge(work: Path, task_id: str, key: SigningKey | None) -> str:
+    """Merge a harmless branch with ``git merge --no-commit``, change the task in the merge."""
+    git(work, "checkout", "-q", "-b", "harmless")
+    (work / "NOTES.md").write_text("notes\n")
+    git(work, "add", "NOTES.md")
+    git(work, *sign_options(None), "commit", "-q", "-m", "notes")
+    git(work, "checkout", "-q", "main")
+    git(work, "merge", "-q", "--no-ff", "--no-commit", "harmless")
+    task_file = work / "tasks" / task_id / "task.yaml"
+    task_file.write_text(task_file.read_text().replace("echo hi", "echo evil"))
+    git(work, "add", str(task_file))
+    git(work, *sign_options(key), "commit", "-q", "-m", "Merge pull request #7")
+    git(work, "push", "-q", "origin", "main")
+    return git(work, "rev-parse", "HEAD")
+
+
+def test_unsigned_merge_with_content_of_its_own_is_refused_naming_it(
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    signers_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    researcher = Researcher(bare_registry, tmp_path / "r", alice)
+    researcher.submit("merged")
+    merge = evil_merge(researcher.work, "merged", None)
+    code, out = explain(tmp_path, bare_registry, signers_file, "merged", capsys)
+    assert code == 1, out
+    assert f"merge commit {merge[:12]} ('Merge pull request #7'" in out
+    assert "which brings content none of its parents had: no signature" in out
+
+
+def test_merge_with_content_signed_by_an_untrusted_key_is_refused(
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    mallory: SigningKey,
+    signers_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    researcher = Researcher(bare_registry, tmp_path / "r", alice)
+    researcher.submit("merged")
+    merge = evil_merge(researcher.work, "merged", mallory)
+    code, out = explain(tmp_path, bare_registry, signers_file, "merged", capsys)
+    assert code == 1, out
+    assert f"merge commit {merge[:12]}" in out
+    assert "signed by 'mallory@evil.example', who is not a trusted submitter" in out
+    assert "submitted by alice@uni.example" in out
+
+
+def test_backdated_commit_with_an_expired_key_is_refused(
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    retired = tmp_path / "retired_signers"
+    retired.write_text(
+        f'{alice.principal} namespaces="git",valid-before="20250101Z" {alice.public_line}\n'
+    )
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "2024-06-01T12:00:00Z")
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "2024-06-01T12:00:00Z")
+    Researcher(bare_registry, tmp_path / "r", alice).submit("backdated")
+    code, out = explain(tmp_path, bare_registry, retired, "backdated", capsys)
+    assert code == 1, out
+    assert "expired before" in out and "(valid-before)" in out
+
+
+def test_a_retired_key_stops_working_for_tasks_not_yet_acted_on(
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    mallory: SigningKey,
+    signers_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Researcher(bare_registry, tmp_path / "r", alice).submit("pending")
+    code, out = explain(tmp_path, bare_registry, signers_file, "pending", capsys)
+    assert code == 0, out
+    write_allowed_signers(signers_file, mallory)  # the site takes alice's line out
+    code, out = explain(tmp_path, bare_registry, signers_file, "pending", capsys)
+    assert code == 1 and "not in the allowed signers file" in out
