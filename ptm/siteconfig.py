@@ -72,6 +72,7 @@ class PolicySettings:
     require_signed_tasks: bool = True
     allowed_signers: Path | None = None
     trusted_submitters: tuple[str, ...] = ()
+    trusted_cancellers: tuple[str, ...] = ()  # besides each task's own verified submitter
     approval: Approval = "auto"
     release: Release = "auto"
 
@@ -222,6 +223,7 @@ class _Builder:
             require_signed_tasks=section.get("require_signed_tasks", True),
             allowed_signers=self.optional_path(section.get("allowed_signers")),
             trusted_submitters=tuple(section.get("trusted_submitters", ())),
+            trusted_cancellers=tuple(section.get("trusted_cancellers", ())),
             approval=cast(Approval, section.get("approval", "auto")),
             release=cast(Release, section.get("release", "auto")),
         )
