@@ -284,3 +284,10 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     assert hash(config) == hash(
         load_site_config(write_config(tmp_path, DESIGN_SITE_YAML, "b.yaml"))
     )
+
+
+def test_trusted_cancellers_load_and_default_to_none(tmp_path: Path) -> None:
+    assert load_site_config(write_config(tmp_path, MINIMAL)).policy.trusted_cancellers == ()
+    text = MINIMAL.replace("}\n", ", trusted_cancellers: [ops@hospital-a.example]}\n")
+    config = load_site_config(write_config(tmp_path, text, "with.yaml"))
+    assert config.policy.trusted_cancellers == ("ops@hospital-a.example",)
