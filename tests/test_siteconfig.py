@@ -288,6 +288,6 @@ def test_config_is_frozen(tmp_path: Path) -> None:
 
 def test_trusted_cancellers_load_and_default_to_none(tmp_path: Path) -> None:
     assert load_site_config(write_config(tmp_path, MINIMAL)).policy.trusted_cancellers == ()
-    text = MINIMAL.replace("}\n", ", trusted_cancellers: [ops@hospital-a.example]}\n")
+    text = MINIMAL.replace("false}", "false, trusted_cancellers: [ops@hospital-a.example]}")
     config = load_site_config(write_config(tmp_path, text, "with.yaml"))
     assert config.policy.trusted_cancellers == ("ops@hospital-a.example",)
