@@ -2,17 +2,11 @@
 
 Its config and host key are in ``sftp_config``, the jail and quota in ``sftp_jail``.
 
-
-Sites log in with their account's public key only. Each account is jailed to ``root/<account>/``:
-every path a client names is split into names, ``..`` is refused, and the folders are walked one
-``openat`` at a time with ``O_NOFOLLOW``, so neither a ``..`` nor a symlink planted in the jail
-(by anyone) leads outside it; symlinks are never followed, created or read. Clients may create
-folders, write, rename, remove, list and stat their own files. ``max_file_bytes`` and the
-account's ``quota_bytes`` (counting what the folder already held at start) are enforced on every
-write: a write beyond either fails and stores nothing.
-
-The host key is created on first start if missing (ed25519, OpenSSH format, mode 0600) and kept;
-a key file that others can read is refused, as sshd does.
+Sites log in with their account's public key only. Each account is jailed to ``root/<account>/``
+(see ``sftp_jail``); symlinks are never followed, created or read. Clients may create folders,
+write, rename, remove, list and stat their own files. ``max_file_bytes`` and the account's
+``quota_bytes`` (counting what the folder already held at start) are enforced on every write: a
+write beyond either fails and stores nothing, and the upload it belongs to is removed.
 """
 
 from __future__ import annotations
@@ -23,7 +17,6 @@ import logging
 import os
 import posixpath
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -35,7 +28,16 @@ import paramiko
 from ptm.delivery import PublicKey
 from ptm.errors import ConfigError, DeliveryError
 from ptm.sftp_config import SftpAccount, SftpServiceConfig, load_or_create_host_key
-from ptm.sftp_jail import AccountSession, Jail, Usage, regular_file_bytes, stored_bytes
+from ptm.sftp_jail import (
+    AccountSession,
+    Jail,
+    OpenFile,
+    QuotaRefused,
+    Usage,
+    remove_file,
+    rename_file,
+    stored_bytes,
+)
 
 LOGIN_GRACE = 30.0  # seconds a connection may take to log in
 ACCEPT_POLL = 0.5  # seconds between checks for stop() while waiting for connections
@@ -72,54 +74,45 @@ def _answering_errors(method: Callable[_P, _R]) -> Callable[_P, _R | int]:
 
 
 class JailedFile(paramiko.SFTPHandle):
-    """An open file of one account; writes are checked against the size limit and quota."""
+    """An open file of one account; the quota and size limit are kept by ``OpenFile``."""
 
-    def __init__(self, descriptor: int, path: str, session: AccountSession) -> None:
+    def __init__(self, opened: OpenFile, ended: threading.Event) -> None:
         super().__init__()
-        self.descriptor = descriptor
-        self.path = path
-        self.session = session
+        self.opened = opened
+        self.ended = ended  # set when the session ends: a file still open then was not finished
 
     @_answering_errors
     def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self.descriptor, length, offset)
+        return self.opened.read(offset, length)
 
     @_answering_errors
     def write(self, offset: int, data: Any) -> int:  # ReadableBuffer in the stubs
-        chunk = memoryview(data)
-        end = offset + len(chunk)
-        if end > self.session.max_file_bytes:
-            return self._refuse(f"would exceed max_file_bytes ({self.session.max_file_bytes})")
-        growth = max(0, end - os.fstat(self.descriptor).st_size)
-        if not self.session.usage.reserve(growth):
-            return self._refuse(f"would exceed the quota ({self.session.usage.quota_bytes} bytes)")
         try:
-            while chunk:
-                done = os.pwrite(self.descriptor, chunk, offset)
-                chunk, offset = chunk[done:], offset + done
-        except OSError:
-            self.session.usage.release(growth)
-            raise
+            self.opened.write(offset, memoryview(data))
+        except QuotaRefused as exc:
+            log.warning("account %s: %s", self.opened.session.account, exc.strerror)
+            return paramiko.sftp.SFTP_FAILURE
         return paramiko.sftp.SFTP_OK
-
-    def _refuse(self, reason: str) -> int:
-        log.warning(
-            "account %s: refused a write to %s: %s", self.session.account, self.path, reason
-        )
-        return paramiko.sftp.SFTP_FAILURE
 
     @_answering_errors
     def stat(self) -> paramiko.SFTPAttributes:
-        return paramiko.SFTPAttributes.from_stat(os.fstat(self.descriptor))
+        return paramiko.SFTPAttributes.from_stat(os.fstat(self.opened.descriptor))
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
         return paramiko.sftp.SFTP_OP_UNSUPPORTED
 
     def close(self) -> None:
-        if self.descriptor >= 0:
-            os.close(self.descriptor)
-            self.descriptor = -1
-            log.debug("account %s: closed %s", self.session.account, self.path)
+        # paramiko closes the files left open when a session ends and ignores what they raise
+        opened = self.opened
+        try:
+            if opened.close(finished=not self.ended.is_set()):
+                log.warning(
+                    "account %s: removed the unfinished upload %s",
+                    opened.session.account,
+                    opened.path,
+                )
+        except OSError as exc:
+            log.error("account %s: closing %s: %s", opened.session.account, opened.path, exc)
 
 
 class JailedSftp(paramiko.SFTPServerInterface):
@@ -131,18 +124,15 @@ class JailedSftp(paramiko.SFTPServerInterface):
             raise TypeError("JailedSftp serves sessions that passed a Gate")
         self.session = server.account_session()
         self.jail = self.session.jail
+        self.ended = threading.Event()
+
+    def session_ended(self) -> None:
+        self.ended.set()  # paramiko calls this first, then closes the files still open
 
     @_answering_errors
     def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> paramiko.SFTPHandle:
         flags = (flags & ~os.O_APPEND) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        with self.jail.folder_of(path) as (folder, name):
-            truncated = regular_file_bytes(folder, name) if flags & os.O_TRUNC else 0
-            descriptor = os.open(name, flags, 0o600, dir_fd=folder)
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            os.close(descriptor)
-            raise PermissionError(errno.EACCES, f"{path}: not a regular file")
-        self.session.usage.release(truncated)
-        return JailedFile(descriptor, path, self.session)
+        return JailedFile(OpenFile(self.session, path, flags), self.ended)
 
     @_answering_errors
     def list_folder(self, path: str) -> list[paramiko.SFTPAttributes]:
@@ -163,10 +153,7 @@ class JailedSftp(paramiko.SFTPServerInterface):
 
     @_answering_errors
     def remove(self, path: str) -> int:
-        with self.jail.folder_of(path) as (folder, name):
-            size = regular_file_bytes(folder, name)
-            os.unlink(name, dir_fd=folder)
-        self.session.usage.release(size)
+        remove_file(self.session, path)
         return paramiko.sftp.SFTP_OK
 
     def rename(self, oldpath: str, newpath: str) -> int:
@@ -177,15 +164,7 @@ class JailedSftp(paramiko.SFTPServerInterface):
 
     @_answering_errors
     def _rename(self, oldpath: str, newpath: str, *, replace: bool) -> int:
-        with (
-            self.jail.folder_of(oldpath) as (old, old_name),
-            self.jail.folder_of(newpath) as (new, new_name),
-        ):
-            replaced = regular_file_bytes(new, new_name)
-            if not replace and _exists(new, new_name):
-                raise FileExistsError(errno.EEXIST, f"{newpath} exists")
-            os.rename(old_name, new_name, src_dir_fd=old, dst_dir_fd=new)
-        self.session.usage.release(replaced)
+        rename_file(self.session, oldpath, newpath, replace=replace)
         log.info("account %s: stored %s", self.session.account, self.canonicalize(newpath))
         return paramiko.sftp.SFTP_OK
 
@@ -214,14 +193,6 @@ class JailedSftp(paramiko.SFTPServerInterface):
 
     def symlink(self, target_path: str, path: str) -> int:
         return paramiko.sftp.SFTP_OP_UNSUPPORTED
-
-
-def _exists(folder: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 class Gate(paramiko.ServerInterface):
@@ -309,7 +280,8 @@ class SftpService:
         self._acceptor.start()
         port = self.port
         listen = replace(self.config, port=port).listen
-        log.info("listening on %s (host key %s)", listen, self.host_key.fingerprint)
+        # the command prints this for the admin; the log line is for debugging embedders
+        log.debug("listening on %s (host key %s)", listen, self.host_key.fingerprint)
         return port
 
     def stop(self) -> None:

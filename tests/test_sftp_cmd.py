@@ -239,6 +239,7 @@ def test_serve_accepts_an_upload_and_stops_cleanly_on_a_signal(
     assert process.returncode == 0, stderr
     assert "ptm sftp: stopped" in stdout
     assert f"account {ACCOUNT}: stored /age-stats/{ACCOUNT}/summary.csv" in stderr
+    assert "listening on" not in stdout + stderr  # printed once, read above by read_line
     assert "PRIVATE KEY" not in stdout + stderr
 
 
