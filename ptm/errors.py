@@ -9,6 +9,7 @@ paramiko) are translated into these at the module that owns the library, with ``
     ├── RegistryError        git said no: unreachable remote, rejected push, bad repository
     │   └── TamperingDetected  the tasks branch was rewritten or an acted-on task changed
     ├── CommandFailed        a subprocess exited non-zero (command, code, output indented)
+    ├── CommandTimedOut      a subprocess outlived its deadline, or the process was stopping
     ├── RuntimeUnavailable   no container engine could be reached
     ├── ContainerError       the engine refused to pull, create or run a container
     ├── OutputRejected       a container's output broke a safety rule (symlink, size, name…)
@@ -70,6 +71,18 @@ class CommandFailed(PtmError):
                 lines.append(f"  {name}:")
                 lines.extend(f"    {line}" for line in text.rstrip().splitlines())
         return "\n".join(lines)
+
+
+class CommandTimedOut(PtmError):
+    """A bounded subprocess (``process.run_bounded``) was stopped: its overall limit passed,
+    or ptm itself was shutting down (``process.wind_down``)."""
+
+    def __init__(self, cmd: list[str], limit: float, *, stopping: bool) -> None:
+        self.cmd = tuple(cmd)
+        self.limit = limit
+        self.stopping = stopping
+        why = "ptm is stopping" if stopping else f"it did not finish within {limit:g} s"
+        super().__init__(f"command stopped ({why}): {' '.join(self.cmd)}")
 
 
 class RuntimeUnavailable(PtmError):

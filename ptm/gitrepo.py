@@ -1,23 +1,97 @@
-"""The only module that talks to git (through GitPython's command layer).
+"""The only module that runs git.
 
-Every call runs one short-lived ``git`` process; no ``Repo`` object, and so no persistent
-``cat-file`` helper, outlives a call. That is what lets the agent run for months without leaking
-processes. GitPython's exceptions are translated here into ptm's own.
+Every call runs one short-lived ``git`` process (through ``process.run_bounded``); no helper
+process outlives a call, which is what lets the agent run for months without leaking processes.
+Every call also has a deadline, so a registry that accepts a connection and then says nothing
+cannot freeze its caller: an overall limit per call, and for the network a connect limit and an
+inactivity limit (ssh's ConnectTimeout and ServerAlive*, curl's low-speed limit for http(s)).
+An admin's own ssh command (``GIT_SSH_COMMAND``, ``GIT_SSH``, ``core.sshCommand``) is used as is.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-import git
-import git.exc
+from ptm import process
+from ptm.errors import CommandTimedOut, ConfigError, RegistryError
 
-from ptm.errors import RegistryError
+LIMIT_VARIABLES = {
+    "call": "PTM_GIT_TIMEOUT",
+    "connect": "PTM_GIT_CONNECT_TIMEOUT",
+    "inactivity": "PTM_GIT_INACTIVITY_TIMEOUT",
+}
+TIMEOUT_MARKERS = ("timed out", "Operation too slow", "Timeout, server", "not responding")
+
+
+@dataclass(frozen=True)
+class GitLimits:
+    """Seconds: ``call`` for any git command from start to end, ``connect`` to reach a
+    registry, ``inactivity`` for a registry that stops sending or answering."""
+
+    call: float = 600.0
+    connect: float = 20.0
+    inactivity: float = 60.0
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> GitLimits:
+        values = {field: _seconds(environ, name) for field, name in LIMIT_VARIABLES.items()}
+        return cls(**{field: value for field, value in values.items() if value is not None})
+
+    def ssh_options(self) -> str:
+        """``ssh`` options that end a silent connection: connect, then keep-alive probes."""
+        interval = max(1, round(self.inactivity / 4))
+        count = max(1, round(self.inactivity / interval))
+        return (
+            f"-o ConnectTimeout={max(1, round(self.connect))} "
+            f"-o ServerAliveInterval={interval} -o ServerAliveCountMax={count}"
+        )
+
+    def describe(self) -> str:
+        return (
+            f"connect {self.connect:g} s, inactivity {self.inactivity:g} s, "
+            f"overall {self.call:g} s per git call"
+        )
+
+
+def _seconds(environ: Mapping[str, str], name: str) -> float | None:
+    text = environ.get(name)
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"environment variable {name}={text!r}: must be a number of seconds > 0")
+    return value
+
+
+def deadline_environment(environ: Mapping[str, str], limits: GitLimits) -> dict[str, str]:
+    """What to add to git's environment ``environ`` so that network calls end when silent."""
+    extra = {
+        "GIT_HTTP_LOW_SPEED_LIMIT": "1",
+        "GIT_HTTP_LOW_SPEED_TIME": str(max(1, round(limits.inactivity))),
+    }
+    if not ({"GIT_SSH_COMMAND", "GIT_SSH"} & environ.keys()) and not admin_ssh_command():
+        extra["GIT_SSH_COMMAND"] = f"ssh {limits.ssh_options()}"
+    return {key: value for key, value in extra.items() if key not in environ}
+
+
+@functools.cache
+def admin_ssh_command() -> bool:
+    """Whether the system or user git config names its own ssh command (asked once)."""
+    env = {**os.environ, "LC_ALL": "C", "LANGUAGE": "C"}
+    try:
+        done = process.run_bounded(
+            ["git", "config", "--get", "core.sshCommand"], cwd="/", env=env, timeout=10
+        )
+    except (OSError, CommandTimedOut):
+        return False
+    return done.returncode == 0 and bool(done.stdout.strip())
 
 
 @dataclass(frozen=True)
@@ -67,9 +141,16 @@ class FileChange:
 class GitRepo:
     """A git repository (working tree or bare) at ``path``; each method runs one git command."""
 
-    def __init__(self, path: Path, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        limits: GitLimits | None = None,
+    ) -> None:
         self.path = path
         self._env = dict(env or {})
+        self._limits = limits
 
     def run(
         self,
@@ -78,24 +159,15 @@ class GitRepo:
         env: Mapping[str, str] | None = None,
         strip: bool = True,
     ) -> str:
-        output = self._execute(args, config, env, strip=strip, as_text=True)
-        assert isinstance(output, str)
-        return output
+        output = self._execute(args, config, env).decode("utf-8", "surrogateescape")
+        return output[:-1] if strip and output.endswith("\n") else output
 
     def run_bytes(self, *args: str) -> bytes:
-        output = self._execute(args, None, None, strip=False, as_text=False)
-        assert isinstance(output, bytes)
-        return output
+        return self._execute(args, None, None)
 
     def run_with_input(self, *args: str, stdin: bytes) -> bytes:
         """Run a git command that reads ``stdin`` (``cat-file --batch``…); return raw stdout."""
-        # GitPython hands ``istream`` to Popen as stdin, so it must be a real file, not bytes.
-        with tempfile.TemporaryFile() as stream:
-            stream.write(stdin)
-            stream.seek(0)
-            output = self._execute(args, None, None, strip=False, as_text=False, istream=stream)
-        assert isinstance(output, bytes)
-        return output
+        return self._execute(args, None, None, stdin=stdin)
 
     def _execute(
         self,
@@ -103,29 +175,28 @@ class GitRepo:
         config: Mapping[str, str] | None,
         env: Mapping[str, str] | None,
         *,
-        strip: bool,
-        as_text: bool,
-        istream: BinaryIO | None = None,
-    ) -> str | bytes:
+        stdin: bytes | None = None,
+    ) -> bytes:
         options: list[str] = []
         for key, value in (config or {}).items():
             options += ["-c", f"{key}={value}"]
         command = ["git", *options, *args]
-        full_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", **self._env, **(env or {})}
+        limits = self._limits or GitLimits.from_environment(os.environ)
+        # English messages: callers recognise some of them (a rejected push, a timeout).
+        base = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
+        full_env = {**base, **self._env, **(env or {})}
+        full_env.update(deadline_environment(full_env, limits))
         try:
-            output = git.Git(str(self.path)).execute(
-                command,
-                istream=istream,
-                env=full_env,
-                strip_newline_in_stdout=strip,
-                stdout_as_string=as_text,
-                with_extended_output=False,
+            done = process.run_bounded(
+                command, cwd=_usable(self.path), env=full_env, stdin=stdin, timeout=limits.call
             )
-        except git.exc.GitCommandError as exc:
-            raise RegistryError(_describe_failure(command, exc)) from exc
-        except (git.exc.GitError, OSError) as exc:
+        except CommandTimedOut as exc:
+            raise RegistryError(_describe_timeout(command, exc, limits)) from exc
+        except OSError as exc:
             raise RegistryError(f"git could not run in {self.path}: {exc}") from exc
-        return output if output is not None else ""
+        if done.returncode != 0:
+            raise RegistryError(_describe_failure(command, done, limits))
+        return done.stdout
 
     def remove_stale_locks(self) -> None:
         """Drop ``index.lock`` left by a git killed mid-command; only for clones we own and
@@ -234,11 +305,34 @@ def signing_config(sign_key: Path | None) -> dict[str, str]:
     return {"gpg.format": "ssh", "user.signingKey": str(sign_key)}
 
 
-def _describe_failure(command: Sequence[str], exc: git.exc.GitCommandError) -> str:
-    stderr = str(exc.stderr or "").strip().removeprefix("stderr:").strip().strip("'").strip()
+def _usable(path: Path) -> Path | None:
+    """The folder to run git in; None (the current one) while ``path`` does not exist yet."""
+    return path if os.access(path, os.X_OK) else None
+
+
+def _describe_failure(command: Sequence[str], done: process.Completed, limits: GitLimits) -> str:
+    stderr = done.stderr.decode("utf-8", "replace").strip()
     shown = " ".join(_redact(command))
     detail = "\n".join(f"    {line}" for line in stderr.splitlines()) or "    (no output)"
-    return f"git failed (exit {exc.status}): {shown}\n{detail}"
+    message = f"git failed (exit {done.returncode}): {shown}\n{detail}"
+    if any(marker in stderr for marker in TIMEOUT_MARKERS):
+        message += f"\n    (ptm's limits for git: {limits.describe()}; {_limit_knobs()})"
+    return message
+
+
+def _describe_timeout(command: Sequence[str], exc: CommandTimedOut, limits: GitLimits) -> str:
+    shown = " ".join(_redact(command))
+    if exc.stopping:
+        return f"git stopped because ptm is shutting down: {shown}"
+    return (
+        f"git did not finish within {limits.call:g} s (the overall limit for one git call, "
+        f"{LIMIT_VARIABLES['call']}) and was stopped: {shown}\n"
+        f"    (ptm's limits for git: {limits.describe()})"
+    )
+
+
+def _limit_knobs() -> str:
+    return ", ".join(LIMIT_VARIABLES[f] for f in ("connect", "inactivity", "call")) + " set them"
 
 
 def _redact(command: Sequence[str]) -> Iterator[str]:

@@ -1,13 +1,41 @@
-"""The one way ptm runs a subprocess."""
+"""The one way ptm runs a subprocess.
+
+``run`` is for short local commands with text output. ``run_bounded`` is for commands that may
+hang on something outside ptm (git talking to a registry): every call has an overall deadline,
+runs in its own process group (so git's ``ssh`` or ``curl`` helpers go with it), and is stopped
+(SIGTERM, so git removes its lock files, then SIGKILL) when its deadline passes, when the caller
+is interrupted, or when the whole process winds down (``wind_down``, from a SIGTERM handler).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from ptm.errors import CommandFailed
+from ptm.errors import CommandFailed, CommandTimedOut
+
+# How often a waiting call looks at its deadline and at ``wind_down``: the latency of a stop.
+POLL_SLICE = 0.1
+# Between SIGTERM and SIGKILL: git needs a moment to remove its lock files.
+TERM_GRACE = 1.0
+
+# The moment (time.monotonic) after which no bounded call may run, once ``wind_down`` was called.
+# Module state on purpose: a signal handler has to reach every call in every thread, and it may
+# only set a value (taking a lock there could deadlock with the code it interrupted).
+_stop_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
 
 
 def run(
@@ -35,3 +63,89 @@ def run(
     if check and proc.returncode != 0:
         raise CommandFailed(list(cmd), proc.returncode, proc.stdout, proc.stderr)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def wind_down(grace: float) -> None:
+    """Let running bounded calls finish for at most ``grace`` more seconds, then stop them;
+    refuse new ones from then on. Safe to call from a signal handler (it only sets a value)."""
+    global _stop_at
+    deadline = time.monotonic() + grace
+    if _stop_at is None or deadline < _stop_at:
+        _stop_at = deadline
+
+
+def winding_down() -> bool:
+    return _stop_at is not None
+
+
+def run_bounded(
+    cmd: Sequence[str],
+    *,
+    cwd: Path | str | None,
+    env: Mapping[str, str],
+    stdin: bytes | None = None,
+    timeout: float,
+) -> Completed:
+    """Run ``cmd`` to its end or until ``timeout`` seconds have passed (CommandTimedOut).
+
+    ``env`` is the child's whole environment. OSError when the command cannot start."""
+    command = list(cmd)
+    deadline = time.monotonic() + timeout
+    if _past(_stop_at):
+        raise CommandTimedOut(command, timeout, stopping=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = _communicate(proc, command, stdin, deadline, timeout)
+    except BaseException:
+        _stop(proc)
+        raise
+    return Completed(proc.returncode, stdout, stderr)
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes],
+    command: list[str],
+    stdin: bytes | None,
+    deadline: float,
+    timeout: float,
+) -> tuple[bytes, bytes]:
+    pending = stdin
+    while True:
+        stopping = _past(_stop_at)
+        if stopping or time.monotonic() >= deadline:
+            raise CommandTimedOut(command, timeout, stopping=stopping)
+        try:
+            # communicate() keeps what it read (and what it still has to write) across
+            # timeouts, so calling it again in slices loses nothing.
+            return proc.communicate(pending, timeout=POLL_SLICE)
+        except subprocess.TimeoutExpired:
+            pending = None
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the child's process group, SIGKILL if it is still there after TERM_GRACE."""
+    if proc.poll() is not None:
+        return
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.communicate(timeout=TERM_GRACE)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.communicate()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def _past(moment: float | None) -> bool:
+    return moment is not None and time.monotonic() >= moment

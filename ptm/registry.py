@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -12,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from ptm.errors import PtmError, RegistryError
-from ptm.gitrepo import GitRepo, signing_config
+from ptm.gitrepo import GitLimits, GitRepo, signing_config
 from ptm.schema import load_document
 
 REGISTRY_FILE = "registry.yaml"
@@ -29,7 +30,8 @@ def template_dir() -> Path:
 def ssh_environment(ssh_key: Path | None) -> dict[str, str]:
     if ssh_key is None:
         return {}
-    command = f"ssh -i '{ssh_key}' -o IdentitiesOnly=yes -o BatchMode=yes"
+    deadlines = GitLimits.from_environment(os.environ).ssh_options()
+    command = f"ssh -i '{ssh_key}' -o IdentitiesOnly=yes -o BatchMode=yes {deadlines}"
     return {"GIT_SSH_COMMAND": command}
 
 

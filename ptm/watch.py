@@ -1,19 +1,44 @@
 """The agent's watch loop (``ptm agent run``): a cycle whenever the registry may have moved.
 
-For a local registry, watchdog on its refs is the hint; polling stays the backstop, and failures
-back off."""
+For a local registry, watchdog on the tasks branch's ref is the hint; polling stays the
+backstop. Only a written ref can mean new work: the open, read and close events that the agent's
+own ``ls-remote`` and ``fetch`` cause in the registry folder (and the pushes of results branches)
+never wake it, so an idle agent sleeps. A failed cycle backs off before the next try.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
+from ptm import process
 from ptm.agent import Agent
 from ptm.errors import PtmError, TamperingDetected
+
+# After SIGTERM, git calls in flight get this long to finish (a push of finished results
+# usually does), then they are stopped, so the agent ends promptly even if a registry hangs.
+STOP_GRACE = 2.0
+# Only these reach the handler (watchdog 4+ leaves the others out of the inotify mask).
+WRITE_EVENTS: list[type[FileSystemEvent]] = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent]
+
+
+def request_stop(stop: threading.Event) -> None:
+    """What SIGTERM and SIGINT do to ``ptm agent run``: end the loop, and stop git calls
+    (running or still to come) after STOP_GRACE. Safe in a signal handler."""
+    stop.set()
+    process.wind_down(STOP_GRACE)
 
 
 def local_registry_path(url: str) -> Path | None:
@@ -25,27 +50,41 @@ def local_registry_path(url: str) -> Path | None:
     return Path(url)
 
 
+def written_path(event: FileSystemEvent) -> str | None:
+    """The file an event wrote (a move's destination), or None for reads, deletions and
+    folders."""
+    if event.is_directory or event.event_type not in {"created", "modified", "moved"}:
+        return None
+    target = event.dest_path if event.event_type == "moved" else event.src_path
+    return os.path.normpath(os.fsdecode(target))
+
+
 class _Wake(FileSystemEventHandler):
-    def __init__(self, event: threading.Event) -> None:
+    def __init__(self, event: threading.Event, refs: frozenset[str]) -> None:
         self._event = event
+        self._refs = refs
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        self._event.set()
+        if written_path(event) in self._refs:
+            self._event.set()
 
 
 class RefsWatcher:
-    """Sets ``event`` whenever something under the registry's refs (or packed-refs) changes."""
+    """Sets ``event`` whenever the registry's ref for ``branch`` is written: the loose ref
+    (git writes ``<ref>.lock``, then renames it) or ``packed-refs``."""
 
-    def __init__(self, registry: Path, event: threading.Event) -> None:
+    def __init__(self, registry: Path, branch: str, event: threading.Event) -> None:
+        registry = registry.absolute()
         git_dir = registry / ".git" if (registry / ".git").is_dir() else registry
         self._git_dir = git_dir
+        refs = {git_dir / "refs" / "heads" / branch, git_dir / "packed-refs"}
         self._observer: Any = Observer()
-        self._handler = _Wake(event)
+        self._handler = _Wake(event, frozenset(os.path.normpath(r) for r in refs))
 
     def __enter__(self) -> RefsWatcher:
         if (self._git_dir / "refs").is_dir():
-            self._observer.schedule(self._handler, str(self._git_dir / "refs"), recursive=True)
-            self._observer.schedule(self._handler, str(self._git_dir), recursive=False)
+            self._schedule(self._git_dir / "refs", recursive=True)
+            self._schedule(self._git_dir, recursive=False)
             self._observer.daemon = True
             self._observer.start()
         return self
@@ -54,6 +93,14 @@ class RefsWatcher:
         if self._observer.is_alive():
             self._observer.stop()
             self._observer.join(timeout=5)
+
+    def _schedule(self, folder: Path, *, recursive: bool) -> None:
+        try:
+            self._observer.schedule(
+                self._handler, str(folder), recursive=recursive, event_filter=WRITE_EVENTS
+            )
+        except TypeError:  # watchdog < 4 has no event_filter; the handler filters anyway
+            self._observer.schedule(self._handler, str(folder), recursive=recursive)
 
 
 MAX_RETRY_DELAY = 600.0
@@ -74,12 +121,21 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
     A registry or engine that is unreachable (at start or later) is retried with backoff;
     results committed meanwhile stay on the local results branch until a push goes through.
     """
-    local = local_registry_path(agent.config.registry.url)
-    watcher = RefsWatcher(local, agent.wakeup) if local is not None and local.exists() else None
+    registry = agent.config.registry
+    local = local_registry_path(registry.url)
+    watcher = None
+    if local is not None and local.exists():
+        watcher = RefsWatcher(local, registry.branch, agent.wakeup)
     started, failures = False, 0
     with watcher or _NoWatcher():
         while not stop.is_set():
+            woken = agent.wakeup.is_set()
             agent.wakeup.clear()
+            agent.log.debug(
+                "cycle (%s)",
+                "woken" if woken else "retry" if failures else "poll",
+                extra={"decision": "cycle"},
+            )
             try:
                 if not started:
                     agent.start()
@@ -90,6 +146,8 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
                 agent.log.error("%s", exc, extra={"decision": "halted"})
             except PtmError as exc:
                 failures += 1
+                if stop.is_set():
+                    break
                 agent.log.warning(
                     "cycle failed (%d in a row), retrying in %.0fs: %s",
                     failures,
@@ -98,7 +156,8 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
                     extra={"decision": "cycle-failed"},
                 )
             delay = retry_delay(agent.config.poll_interval, failures)
-            _sleep_until(agent.wakeup, stop, delay)
+            # A backoff is not cut short by a wakeup (it is kept for the cycle after it).
+            _sleep_until(agent.wakeup, stop, delay, wake_early=failures == 0)
     running = agent.hand_back() if started else 0
     if running:
         agent.log.info(
@@ -116,8 +175,13 @@ class _NoWatcher:
         return None
 
 
-def _sleep_until(wakeup: threading.Event, stop: threading.Event, seconds: float) -> None:
-    waited = 0.0
-    while waited < seconds and not stop.is_set() and not wakeup.is_set():
-        wakeup.wait(0.2)
-        waited += 0.2
+def _sleep_until(
+    wakeup: threading.Event, stop: threading.Event, seconds: float, *, wake_early: bool
+) -> None:
+    deadline = time.monotonic() + seconds
+    awaited = wakeup if wake_early else stop
+    while not stop.is_set() and not (wake_early and wakeup.is_set()):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        awaited.wait(min(0.2, remaining))

@@ -17,7 +17,7 @@ from ptm.ledger import Ledger
 from ptm.runtimes import open_runtime
 from ptm.siteconfig import SiteConfig, load_site_config
 from ptm.sync import TasksMirror
-from ptm.watch import run_until_stopped
+from ptm.watch import request_stop, run_until_stopped
 from ptm.workdir import WorkDir
 
 
@@ -58,7 +58,7 @@ def run_loop(args: argparse.Namespace) -> int:
     logs.configure(log_format=args.log_format, verbose=args.verbose)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda *_: request_stop(stop))
     agent = _agent(config)
     with agent.workdir.locked():
         run_until_stopped(agent, stop)
