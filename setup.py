@@ -1,8 +1,20 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+
+
+def read_version() -> str:
+    """The one source of the version is ptm/__init__.py; read, not imported (no dependencies
+    are installed yet when setup.py runs)."""
+    text = Path("ptm/__init__.py").read_text(encoding="utf-8")
+    found = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if found is None:
+        raise SystemExit("ptm/__init__.py: no line __version__ = \"…\"")
+    return found.group(1)
+
 
 def data_files(folder: str) -> list[str]:
     return sorted(
@@ -17,8 +29,10 @@ TEMPLATE_FILES = data_files("registry-template")
 EXAMPLE_FILES = [f for f in data_files("examples") if "/" in f]
 
 setup(
-    name="ptm",
-    version="0.1.0",
+    # "ptm" on the public package index is an unrelated project: the distribution is
+    # ptm-health-train, the import package and the command stay "ptm".
+    name="ptm-health-train",
+    version=read_version(),
     description="Personal Health Train on git: a task registry in git, site agents running Docker",
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -44,13 +58,16 @@ setup(
         "ptm.registry_template": TEMPLATE_FILES,
         "ptm.examples": EXAMPLE_FILES,
     },
+    # Floors are tested: scripts/test-lowest installs exactly these versions and runs the
+    # tests that use each library. docker 7.0 cannot reach an engine with requests >= 2.32,
+    # paramiko < 3.4 lacks the Terrapin fix, PyYAML 6.0 does not build with Cython 3.
     install_requires=[
         "gitpython>=3.1.30",
         "watchdog>=3.0",
-        "docker>=7.0",
+        "docker>=7.1",
         "jsonschema>=4.18",
-        "pyyaml>=6.0",
-        "paramiko>=3.0",
+        "pyyaml>=6.0.1",
+        "paramiko>=3.4",
     ],
     extras_require={
         "test": [
@@ -65,5 +82,30 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["ptm=ptm.main:main"]},
-    classifiers=["Programming Language :: Python :: 3"],
+    keywords=[
+        "personal health train",
+        "federated analysis",
+        "federated learning",
+        "git",
+        "docker",
+        "hospital",
+        "privacy",
+    ],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Environment :: Console",
+        "Intended Audience :: Healthcare Industry",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: System Administrators",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: System :: Distributed Computing",
+        "Typing :: Typed",
+    ],
 )

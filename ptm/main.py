@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ptm import __version__
-from ptm.commands import COMMAND_MODULES
+from ptm import __version__, logs
+from ptm.commands import COMMANDS, command_module
 from ptm.errors import PtmError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+NO_GIT = "ptm: error: git was not found on PATH; install git (2.34 or newer) and try again"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for command ``selected``; every other command gets only its name and
+    help, so that nothing but the chosen command's module is imported."""
     parser = argparse.ArgumentParser(
         prog="ptm",
         description=(
@@ -28,14 +32,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ptm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        module.register(commands)
+    for name, (_, text) in COMMANDS.items():
+        if name == selected:
+            command_module(name).register(commands)
+        else:
+            commands.add_parser(name, help=text, add_help=False)
     return parser
 
 
+def selected_command(argv: Sequence[str]) -> str | None:
+    """The command named on the line: the first word that is not an option."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logs.route_warnings()
+    selected = selected_command(argv)
+    if selected is not None and shutil.which("git") is None:
+        # Before the command's module is imported: GitPython fails at import without git.
+        print(NO_GIT, file=sys.stderr)
+        return EXIT_ERROR
+    args = build_parser(selected).parse_args(argv)
     try:
         result: int = args.handler(args)
         return result

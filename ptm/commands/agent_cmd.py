@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
-from ptm import logs
+from ptm import __version__, logs
 from ptm.agent import Agent
 from ptm.commands.agent_admin_cmd import add_actions
 from ptm.console import format_table, print_json, say, shorten
@@ -17,6 +18,7 @@ from ptm.ledger import Ledger
 from ptm.runtimes import open_runtime
 from ptm.siteconfig import SiteConfig, load_site_config
 from ptm.sync import TasksMirror
+from ptm.urls import redact_url
 from ptm.watch import request_stop, run_until_stopped
 from ptm.workdir import WorkDir
 
@@ -38,9 +40,10 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         if name in {"run", "once"}:
             action.add_argument(
                 "--log-format",
-                choices=("text", "json"),
+                choices=logs.LOG_FORMATS,
                 default="text",
-                help="text for people (default), json for one JSON object a line",
+                help="text for people (default; journal when run by systemd), json for one "
+                "JSON object a line, journal for <N> syslog priority prefixes",
             )
             action.add_argument("-v", "--verbose", action="store_true", help="log more detail")
         if name in {"status", "check", "once"}:
@@ -54,20 +57,52 @@ def _agent(config: SiteConfig) -> Agent:
 
 
 def run_loop(args: argparse.Namespace) -> int:
-    config = load_site_config(args.config)
+    # Logging first: warnings raised while docker or paramiko load must be log lines too.
     logs.configure(log_format=args.log_format, verbose=args.verbose)
+    config = load_site_config(args.config)
     stop = threading.Event()
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        request_stop(stop)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: request_stop(stop))
+        signal.signal(signum, on_signal)
     agent = _agent(config)
+    log = logging.getLogger(f"{logs.AGENT_LOGGER}{config.site}")
     with agent.workdir.locked():
-        run_until_stopped(agent, stop)
+        log.info("%s", start_line(config), extra={"decision": "started"})
+        try:
+            run_until_stopped(agent, stop)
+        finally:
+            reason = stopped_by[0] if stopped_by else "an error"
+            log.info("ptm agent stopped (%s)", reason, extra={"decision": "stopped"})
     return 0
 
 
+def start_line(config: SiteConfig) -> str:
+    """What an admin needs to know from the first line of the log: which ptm, which site,
+    which registry (without credentials) and what this site accepts."""
+    policy = config.policy
+    signed = (
+        f"signed tasks required ({len(policy.trusted_submitters)} trusted submitter(s))"
+        if policy.require_signed_tasks
+        else "unsigned tasks accepted"
+    )
+    parts = [
+        f"ptm agent {__version__} started for site {config.site}",
+        f"registry {redact_url(config.registry.url)} branch {config.registry.branch}",
+        f"policy: {len(policy.allowed_images)} allowed image rule(s), {signed}, "
+        f"approval {policy.approval}, release {policy.release}, "
+        f"at most {config.limits.max_parallel} task(s) at a time",
+    ]
+    return "; ".join(parts)
+
+
 def run_once(args: argparse.Namespace) -> int:
-    config = load_site_config(args.config)
     logs.configure(log_format=args.log_format, verbose=args.verbose)
+    config = load_site_config(args.config)
     agent = _agent(config)
     with agent.workdir.locked():
         agent.start()
