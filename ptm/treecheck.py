@@ -131,6 +131,7 @@ class _Walk:
     entries: list[Entry] = field(default_factory=list)
     problems: list[TreeProblem] = field(default_factory=list)
     total: int = 0
+    count: int = 0
 
     def problem(self, path: str, rule: str, message: str) -> None:
         self.problems.append(
@@ -259,39 +260,57 @@ def lookup(entries: Iterable[RawEntry], name: str) -> list[RawEntry]:
     return [e for e in entries if e.name == wanted]
 
 
-def read_tree(repo: GitRepo, tree_oid: str, *, where: str, caps: Caps = Caps()) -> CheckedTree:
-    """Walk the tree ``tree_oid`` breadth first, checking each level before reading the next.
-
-    ``where`` names the tree in problems (``tasks/age-stats``). Costs two git processes per level
-    and one for the blob sizes. TreeRefused only when the top tree itself cannot be read.
-    """
-    walk = _Walk(caps, where)
-    level: list[tuple[str, str]] = [("", tree_oid)]  # (path, tree oid)
-    blobs: list[tuple[str, RawEntry]] = []
+def read_trees(
+    repo: GitRepo, roots: Sequence[tuple[str, str]], *, caps: Caps = Caps()
+) -> list[CheckedTree]:
+    """Walk many trees ``(where, tree oid)`` at once, breadth first, checking each level before
+    reading the next; ``caps`` hold for each tree. Two git processes per level, whatever the
+    number of trees, and one for every blob size. A tree whose top cannot be read gets one
+    problem with rule ``unreadable`` and no entries."""
+    walks = [_Walk(caps, where) for where, _ in roots]
+    blobs: list[list[tuple[str, RawEntry]]] = [[] for _ in roots]
+    level: list[tuple[int, str, str]] = [(i, "", oid) for i, (_, oid) in enumerate(roots)]
+    full: set[int] = set()
     depth = 0
     while level:
         depth += 1
-        contents = _read_level(repo, walk, level, top=depth == 1)
-        next_level: list[tuple[str, str]] = []
-        for path, raw in contents:
+        next_level: list[tuple[int, str, str]] = []
+        for index, path, raw in _read_level(repo, walks, level, top=depth == 1):
+            if index in full:
+                continue
+            walk = walks[index]
             accepted, problems = check_folder(raw)
             for name, rule, message in problems:
                 walk.problem(_join(path, name), rule, message)
             for entry, name in accepted:
                 child = _join(path, name)
-                if len(walk.entries) + len(blobs) + len(next_level) >= caps.max_entries:
+                if walk.count >= caps.max_entries:
                     walk.problem(child, "max-entries", f"more than {caps.max_entries} entries")
-                    return _finish(repo, walk, blobs)
+                    full.add(index)
+                    break
                 if depth > caps.max_depth:
                     walk.problem(child, "max-depth", f"deeper than {caps.max_depth} levels")
                     continue
+                walk.count += 1
                 if entry.mode == TREE_MODE:
                     walk.entries.append(Entry(child, entry.oid, True))
-                    next_level.append((child, entry.oid))
+                    next_level.append((index, child, entry.oid))
                 else:
-                    blobs.append((child, entry))
-        level = next_level
-    return _finish(repo, walk, blobs)
+                    blobs[index].append((child, entry))
+        level = [item for item in next_level if item[0] not in full]
+    _check_blobs(repo, walks, blobs)
+    return [
+        CheckedTree(oid, tuple(sorted(w.entries, key=lambda e: e.path)), tuple(w.problems))
+        for w, (_, oid) in zip(walks, roots, strict=True)
+    ]
+
+
+def checked_tree(repo: GitRepo, tree_oid: str, *, where: str, caps: Caps = Caps()) -> CheckedTree:
+    """``read_trees`` for one tree; TreeRefused when the tree itself cannot be read."""
+    (found,) = read_trees(repo, [(where, tree_oid)], caps=caps)
+    if found.problems and found.problems[0].rule == "unreadable":
+        raise TreeRefused(f"{where}: {found.problems[0].message}")
+    return found
 
 
 def _join(folder: str, name: str) -> str:
@@ -299,60 +318,50 @@ def _join(folder: str, name: str) -> str:
 
 
 def _read_level(
-    repo: GitRepo, walk: _Walk, level: list[tuple[str, str]], *, top: bool
-) -> list[tuple[str, list[RawEntry]]]:
-    sizes = object_sizes(repo, [oid for _, oid in level])
-    wanted: list[tuple[str, str]] = []
-    for (path, oid), info in zip(level, sizes, strict=True):
+    repo: GitRepo, walks: list[_Walk], level: list[tuple[int, str, str]], *, top: bool
+) -> list[tuple[int, str, list[RawEntry]]]:
+    sizes = object_sizes(repo, [oid for _, _, oid in level])
+    wanted: list[tuple[int, str, str]] = []
+    for (index, path, oid), info in zip(level, sizes, strict=True):
+        rule = "unreadable" if top else "missing"
         if info is None or info[0] != "tree":
-            if top:
-                raise TreeRefused(f"{walk.where}: not a folder")
-            walk.problem(path, "missing", "its folder object is missing")
-        elif info[1] > walk.caps.max_tree_bytes:
-            if top:
-                raise TreeRefused(
-                    f"{walk.where}: its listing is {info[1]} bytes, at most "
-                    f"{walk.caps.max_tree_bytes} are read"
-                )
-            walk.problem(path, "max-bytes", f"its listing is {info[1]} bytes")
+            walks[index].problem(path, rule, "not a folder" if top else "its folder is missing")
+        elif info[1] > walks[index].caps.max_tree_bytes:
+            limit = walks[index].caps.max_tree_bytes
+            message = f"its listing is {info[1]} bytes, at most {limit} are read"
+            walks[index].problem(path, "unreadable" if top else "max-bytes", message)
         else:
-            wanted.append((path, oid))
+            wanted.append((index, path, oid))
     contents = []
-    for (path, _), data in zip(wanted, read_raw(repo, [oid for _, oid in wanted]), strict=True):
+    for (index, path, _), data in zip(
+        wanted, read_raw(repo, [oid for _, _, oid in wanted]), strict=True
+    ):
         try:
-            contents.append((path, parse_tree_object(data or b"")))
+            contents.append((index, path, parse_tree_object(data or b"")))
         except ValueError as exc:
-            if top:
-                raise TreeRefused(f"{walk.where}: not a well-formed tree ({exc})") from exc
-            walk.problem(path, "malformed", f"not a well-formed tree ({exc})")
+            rule = "unreadable" if top else "malformed"
+            walks[index].problem(path, rule, f"not a well-formed tree ({exc})")
     return contents
 
 
-def _finish(repo: GitRepo, walk: _Walk, blobs: list[tuple[str, RawEntry]]) -> CheckedTree:
-    sizes = object_sizes(repo, [entry.oid for _, entry in blobs])
-    for (path, entry), info in zip(blobs, sizes, strict=True):
+def _check_blobs(
+    repo: GitRepo, walks: list[_Walk], blobs: list[list[tuple[str, RawEntry]]]
+) -> None:
+    flat = [(index, path, entry) for index, items in enumerate(blobs) for path, entry in items]
+    sizes = object_sizes(repo, [entry.oid for _, _, entry in flat])
+    for (index, path, entry), info in zip(flat, sizes, strict=True):
+        walk = walks[index]
         if info is None or info[0] != "blob":
             walk.problem(path, "missing", "its file object is missing or not a file")
         elif info[1] > walk.caps.max_blob_bytes:
-            walk.problem(
-                path, "max-bytes", f"is {info[1]} bytes, at most {walk.caps.max_blob_bytes}"
-            )
+            message = f"is {info[1]} bytes, at most {walk.caps.max_blob_bytes}"
+            walk.problem(path, "max-bytes", message)
         elif walk.total + info[1] > walk.caps.max_total_bytes:
-            walk.problem(
-                path, "max-total-bytes", f"brings the total over {walk.caps.max_total_bytes} bytes"
-            )
+            message = f"brings the total over {walk.caps.max_total_bytes} bytes"
+            walk.problem(path, "max-total-bytes", message)
         else:
             walk.total += info[1]
-            executable = entry.mode == b"100755"
-            walk.entries.append(Entry(path, entry.oid, False, executable, info[1]))
-    entries = tuple(sorted(walk.entries, key=lambda e: e.path))
-    return CheckedTree("", entries, tuple(walk.problems))
-
-
-def checked_tree(repo: GitRepo, tree_oid: str, *, where: str, caps: Caps = Caps()) -> CheckedTree:
-    """``read_tree``, with the tree's own id kept on the result."""
-    found = read_tree(repo, tree_oid, where=where, caps=caps)
-    return CheckedTree(tree_oid, found.entries, found.problems)
+            walk.entries.append(Entry(path, entry.oid, False, entry.mode == b"100755", info[1]))
 
 
 def read_texts(repo: GitRepo, entries: Sequence[Entry]) -> dict[str, bytes]:
