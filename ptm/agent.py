@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from ptm import __version__
 from ptm.decisions import AdminDecision, forget_decision, pending_decisions
 from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
-from ptm.judgement import judge
+from ptm.judgement import judge, parse_task
 from ptm.ledger import Ledger
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.siteconfig import SiteConfig
 from ptm.status import State, StatusRecord, utc_now_text
-from ptm.sync import TaskChange, TasksMirror
-from ptm.task import Task, load_task
+from ptm.sync import TaskChange, TasksMirror, TaskSnapshot
+from ptm.task import CANCEL_FILE, Task
+from ptm.treecheck import TREE_MODE, RawEntry, TreeRefused, read_folder
 from ptm.workdir import WorkDir
 
 
@@ -77,7 +77,9 @@ class Agent:
 
     def start(self) -> None:
         """Clone what is missing and resume work an earlier agent left unfinished."""
+        self.workdir.prepare()
         self.mirror.ensure_clone()
+        self.ledger.on_foreign = self._foreign_commit
         self.ledger.ensure()
         self._resume_open_tasks()
 
@@ -133,14 +135,17 @@ class Agent:
             self.workdir.save_state(state.with_halt(str(exc)))
             self.log.error("%s", exc, extra={"decision": "halted"})
             return CycleReport(head, 0, 0, self.publish(), idle=True)
-        changes = self.mirror.changes(state.processed, head)
-        new = sum(1 for c in changes if c.is_new)
-        texts = self.mirror.task_texts([c.task_id for c in changes if c.task_file], head)
-        for change in changes:
-            self._handle(change, head, texts.get(change.task_id))
+        try:
+            changes = self.mirror.changes(state.processed, head)
+        except TreeRefused as exc:
+            self._refuse_once(f"{head[:12]}: {exc}; waiting for a commit that repairs it")
+            return CycleReport(head, 0, 0, self.publish(), idle=False)
+        self._handle_changes(changes, head)
+        # Only now, with every record this commit implies committed, is it processed.
         self.workdir.save_state(self.workdir.load_state().with_processed(head))
         with self._lock:
             started = self._start_queued()
+        new = sum(1 for c in changes if c.is_new)
         return CycleReport(head, new, started, self.publish(), idle=False)
 
     def publish(self) -> bool:
@@ -156,36 +161,88 @@ class Agent:
 
     # ---- planning ------------------------------------------------------------------------
 
-    def _handle(self, change: TaskChange, head: str, text: bytes | None) -> None:
-        existing = self.ledger.status_of(change.task_id)
-        if existing is not None:
-            self._handle_known(change, existing, head)
-            return
-        if text is None and not self.mirror.has_task(change.task_id, head):
-            return  # deleted, or only files without a task.yaml: nothing to act on
-        self._receive(change.task_id, head, text=text, cancel_now=change.cancel_added)
+    def _handle_changes(self, changes: list[TaskChange], head: str) -> None:
+        fresh: list[str] = []
+        for change in changes:
+            task_id = change.task_id
+            if task_id is None:
+                self._refuse_once(
+                    f"{change.shown}: not a valid task id (^[a-z0-9][a-z0-9._-]{{0,62}}$); "
+                    "nothing in it is read"
+                )
+            elif self.ledger.status_of(task_id) is not None:
+                self._handle_known(change, task_id, head)
+            elif change.after:
+                fresh.append(task_id)
+        index = self.mirror.index(head)
+        for snapshot in self.mirror.snapshots(index, fresh).values():
+            self._receive(snapshot)
 
-    def _handle_known(self, change: TaskChange, existing: StatusRecord, head: str) -> None:
-        if change.alters_task:
-            warning = (
-                f"task {change.task_id} was changed at {head[:12]} after this site acted on it "
-                f"({existing.state}, task commit {existing.task_commit[:12]}); the change is "
-                "ignored"
+    def _handle_known(self, change: TaskChange, task_id: str, head: str) -> None:
+        if change.is_new:
+            return  # recorded by a cycle that failed before it could mark the commit processed
+        existing = self.ledger.status_of(task_id)
+        assert existing is not None
+        if not self.ledger.is_proven(task_id):
+            self._warn(
+                f"task {task_id}: the record on {self.ledger.branch} was not provably written by "
+                "this agent (not signed with its site key); the task is not acted on"
             )
-            self.log.error("%s", warning, extra={"task": change.task_id, "decision": "tampering"})
-            self.workdir.save_state(self.workdir.load_state().with_warning(warning))
-        if change.cancel_added and not existing.is_final:
-            self._request_cancel(change.task_id, existing)
+            return
+        before, after = (
+            self._folder_at(task_id, change.before),
+            self._folder_at(task_id, change.after),
+        )
+        if _without_cancel(before) != _without_cancel(after):
+            self._warn(
+                f"task {task_id} was changed at {head[:12]} after this site acted on it "
+                f"({existing.state}, task commit {existing.task_commit[:12]}); the change is "
+                "ignored",
+                task=task_id,
+                decision="tampering",
+            )
+        cancel = after.get(CANCEL_FILE)
+        if cancel and cancel != before.get(CANCEL_FILE) and not existing.is_final:
+            self._request_cancel(task_id, existing)
 
-    def _receive(self, task_id: str, head: str, *, text: bytes | None, cancel_now: bool) -> None:
-        verdict = judge(self.mirror, self.config, task_id, head, text=text)
+    def _folder_at(self, task_id: str, entries: tuple[RawEntry, ...]) -> dict[str, str]:
+        """name -> object id of the top entries of a task folder (empty when not one folder)."""
+        if len(entries) != 1 or entries[0].mode != TREE_MODE:
+            return {}
+        try:
+            listing = read_folder(self.mirror.repo, entries[0].oid, where=task_id, max_bytes=2**20)
+        except TreeRefused:
+            return {}
+        return {e.name.decode("utf-8", "replace"): e.oid for e in listing}
+
+    def _refuse_once(self, text: str) -> None:
+        state = self.workdir.load_state()
+        if text in state.warnings:
+            return
+        self.log.warning("refused: %s", text, extra={"decision": "refused", "reason": text})
+        self.workdir.save_state(state.with_warning(text))
+
+    def _warn(self, text: str, *, task: str | None = None, decision: str = "tampering") -> None:
+        self.log.error("%s", text, extra={"task": task, "decision": decision})
+        state = self.workdir.load_state()
+        if text not in state.warnings:
+            self.workdir.save_state(state.with_warning(text))
+
+    def _foreign_commit(self, sha: str) -> None:
+        self._warn(
+            f"commit {sha[:12]} on {self.ledger.branch} was not made by this agent; its changes "
+            "are undone by this agent's next push and it is never acted on"
+        )
+
+    def _receive(self, snapshot: TaskSnapshot) -> None:
+        task_id = snapshot.task_id
+        verdict = judge(self.mirror, self.config, snapshot)
         decision = verdict.decision
+        cancel_now = snapshot.cancel_text is not None
         if not decision.for_this_site and verdict.invalid is not None:
-            self.log.info(
-                "task %s ignored: it is invalid and does not readably ask for this site: %s",
-                task_id,
-                verdict.invalid.problems[0],
-                extra={"task": task_id, "decision": "ignored"},
+            self._refuse_once(
+                f"task {task_id} ignored: it is invalid and does not readably ask for this "
+                f"site: {verdict.invalid.problems[0]}"
             )
             return
         if not decision.for_this_site:
@@ -218,7 +275,7 @@ class Agent:
                 extra={"task": task_id, "decision": "awaiting_approval"},
             )
         else:
-            self._accept(verdict.task, record, verdict.task_dir)
+            self._accept(verdict.task, record, snapshot)
 
     def _apply_admin_decisions(self) -> None:
         for decision in pending_decisions(self.workdir):
@@ -252,9 +309,9 @@ class Agent:
         elif record.state == "reviewing" and decision.verdict == "release":
             self.execution.release(task_id, decided_by=by)
         elif record.state == "awaiting_approval" and decision.verdict == "approve":
-            task_dir = self.mirror.materialize(task_id, record.task_commit)
-            task = load_task(task_dir, task_id=task_id)
-            self._accept(task, replace(record, reason=None, decided_by=by), task_dir)
+            snapshot = self.mirror.snapshot_at(task_id, record.task_commit)
+            task = self._task_of(snapshot)
+            self._accept(task, replace(record, reason=None, decided_by=by), snapshot)
         else:
             self.log.warning(
                 "cannot %s task %s: it is %s", decision.verdict, task_id, record.state, extra=extra
@@ -276,11 +333,16 @@ class Agent:
             extra={"task": record.task, "decision": state, "reason": reason},
         )
 
-    def _accept(self, task: Task, record: StatusRecord, task_dir: Path | None) -> None:
+    def _task_of(self, snapshot: TaskSnapshot) -> Task:
+        task, invalid = parse_task(snapshot)
+        if task is None:
+            assert invalid is not None
+            raise invalid
+        return task
+
+    def _accept(self, task: Task, record: StatusRecord, snapshot: TaskSnapshot) -> None:
         accepted = replace(record, state="accepted")
-        prepare_run(
-            self.workdir, task, task_dir or self.mirror.materialize(task.id, record.task_commit)
-        )
+        prepare_run(self.workdir, task, snapshot, self.mirror.repo)
         self.ledger.record(accepted)
         self.log.info(
             "task %s accepted (image %s)",
@@ -352,9 +414,15 @@ class Agent:
             container = containers.get(record.task)
             if record.state in {"awaiting_approval", "reviewing"}:
                 continue
+            if not self.ledger.is_proven(record.task):
+                self._warn(
+                    f"task {record.task}: its open record ({record.state}) on "
+                    f"{self.ledger.branch} was not provably written by this agent; not resumed"
+                )
+                continue
             try:
-                task_dir = self.mirror.materialize(record.task, record.task_commit)
-                task = load_task(task_dir, task_id=record.task)
+                snapshot = self.mirror.snapshot_at(record.task, record.task_commit)
+                task = self._task_of(snapshot)
             except PtmError as exc:
                 self._finish_now(record, "crashed", f"cannot resume: {exc}")
                 continue
@@ -367,7 +435,7 @@ class Agent:
                 )
                 continue
             if container is None:
-                prepare_run(self.workdir, task, task_dir)
+                prepare_run(self.workdir, task, snapshot, self.mirror.repo)
             self.log.info(
                 "task %s: resuming (%s%s)",
                 record.task,
@@ -379,3 +447,7 @@ class Agent:
 
     def _pull_progress(self, line: str) -> None:
         self.log.info("%s", line, extra={"decision": "pulling"})
+
+
+def _without_cancel(folder: dict[str, str]) -> dict[str, str]:
+    return {name: oid for name, oid in folder.items() if name != CANCEL_FILE}

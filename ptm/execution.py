@@ -9,15 +9,18 @@ from pathlib import Path
 
 from ptm.decisions import held_dir
 from ptm.errors import ContainerError, DeliveryError, OutputRejected, PtmError
+from ptm.gitrepo import GitRepo
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, STATUS_FILE, Ledger
+from ptm.names import check_name
 from ptm.outputs import OutputReport, collect_outputs
 from ptm.runtimes.base import ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
 from ptm.runtimes.base import Mount as RuntimeMount
 from ptm.schema import dump_yaml, load_yaml_file
 from ptm.siteconfig import SiteConfig
 from ptm.status import StatusRecord, utc_now_text
+from ptm.sync import TaskSnapshot
 from ptm.task import Task
-from ptm.validation import FILES_DIR
+from ptm.treecheck import write_tree
 from ptm.workdir import WorkDir, write_atomically
 
 CONFIG_NAME = "config.yaml"
@@ -48,18 +51,21 @@ class RunFolders:
         return self.root / "collected"
 
 
-def prepare_run(workdir: WorkDir, task: Task, task_dir: Path) -> RunFolders:
-    """Copy what the container will see out of the registry clone (done before it moves on)."""
+def prepare_run(workdir: WorkDir, task: Task, snapshot: TaskSnapshot, repo: GitRepo) -> RunFolders:
+    """Write what the container will see into a fresh run folder: the config from the judged
+    task, and the checked ``files/`` from the very blobs that were judged (never a checkout)."""
+    check_name(task.id, kind="task id", source="run folder")
     folders = RunFolders(workdir.run_dir(task.id))
-    shutil.rmtree(folders.root, ignore_errors=True)
-    folders.root.mkdir(parents=True)
+    workdir.prepare()
+    shutil.rmtree(folders.root, ignore_errors=True)  # a valid id under this agent's own folder
+    folders.root.mkdir(mode=0o700)
     folders.config_file.write_text(dump_yaml(dict(task.config)), encoding="utf-8")
-    source_files = task_dir / FILES_DIR
-    if source_files.is_dir() and not source_files.is_symlink():
-        shutil.copytree(source_files, folders.input_dir, symlinks=True)
+    files = snapshot.files
+    if files is not None:
+        write_tree(repo, files, folders.input_dir)
     else:
-        folders.input_dir.mkdir()
-    folders.output_dir.mkdir()
+        folders.input_dir.mkdir(mode=0o755)
+    folders.output_dir.mkdir(mode=0o700)
     return folders
 
 
@@ -240,10 +246,13 @@ class TaskExecution:
         waiting = replace(
             record,
             state="reviewing",
-            reason=(
-                f"finished as {record.state}; its log and outputs wait for the site admin's "
-                "review (policy.release: manual)"
-            ),
+            reason="finished; the result waits for the site admin's review "
+            "(policy.release: manual)",
+            exit_code=None,
+            finished_at=None,
+            outputs=(),
+            skipped=(),
+            delivered_to=None,
         )
         self.ledger.record(waiting)
         return waiting

@@ -165,9 +165,11 @@ class GitRepo:
     def run_bytes(self, *args: str) -> bytes:
         return self._execute(args, None, None)
 
-    def run_with_input(self, *args: str, stdin: bytes) -> bytes:
+    def run_with_input(
+        self, *args: str, stdin: bytes, env: Mapping[str, str] | None = None
+    ) -> bytes:
         """Run a git command that reads ``stdin`` (``cat-file --batch``…); return raw stdout."""
-        return self._execute(args, None, None, stdin=stdin)
+        return self._execute(args, None, env, stdin=stdin)
 
     def _execute(
         self,

@@ -1,21 +1,34 @@
 """A site's results branch (``results/<site>``): its append-only ledger of decisions and results.
 
-Every status change is committed here before anything else happens, so the branch (pushed or
-not yet) is the truth about what this site did; pushes carry everything committed since the last
-one, and a failed push loses nothing.
+The agent keeps the branch in a bare repository of its own and writes it with git's plumbing
+(``hash-object``, a private index, ``write-tree``, ``commit-tree``, ``update-ref``): no working
+tree, so nothing the registry holds is ever checked out onto the site's disk, and a record
+exists only once ``update-ref`` has moved the branch (a kill before that loses nothing: the task
+is simply handled again). Only this agent writes its local branch, so that branch is its journal.
+
+The copy on the registry is *not* trusted: anyone may push to it where the host does not protect
+it. The agent never fetches it into its journal. When a push is refused because the registry's
+branch holds commits this agent did not make, it pushes a merge whose tree is exactly its own
+journal (foreign changes are undone, their commits stay in history for the audit) and reports
+each foreign commit as tampering. A fresh work directory adopts the registry's branch once, and
+records it cannot prove it wrote (commits not signed with the site key) are known, so their
+tasks are never run again, but never acted on.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from ptm.errors import RegistryError
-from ptm.gitrepo import GitRepo
-from ptm.registry import commit, push_with_rebase, ssh_environment
+from ptm.errors import InvalidDocument, RegistryError
+from ptm.gitrepo import GitRepo, signing_config
+from ptm.gittrees import read_blobs
+from ptm.registry import ssh_environment
 from ptm.schema import dump_yaml, load_yaml_text
-from ptm.status import OPEN_STATES as OPEN_STATE_SET
 from ptm.status import StatusRecord
 from ptm.workdir import write_atomically
 
@@ -24,7 +37,11 @@ RESULTS_DIR = "results"
 STATUS_FILE = "status.yaml"
 LOG_FILE = "log.txt"
 OUTPUT_DIR = "output"
-OPEN_STATES = tuple(sorted(OPEN_STATE_SET))
+UNPROVEN_FILE = "unproven.json"
+INDEX_FILE = "ptm-index"
+LEGACY_CLONE = "results"
+MAX_STATUS_BYTES = 256 * 1024
+ZERO = "0" * 40
 
 
 def results_branch(site: str) -> str:
@@ -36,7 +53,7 @@ def result_path(task_id: str, site: str) -> str:
 
 
 class Ledger:
-    """The results branch of one site, in its own small clone in the agent's work directory."""
+    """The results branch of one site, in a bare repository in the agent's work directory."""
 
     def __init__(
         self, path: Path, *, url: str, site: str, ssh_key: Path | None, sign_key: Path | None
@@ -45,77 +62,108 @@ class Ledger:
         self.url = url
         self.site = site
         self.branch = results_branch(site)
+        self.ref = f"refs/heads/{self.branch}"
+        self.remote_ref = f"refs/remotes/{REMOTE}/{self.branch}"
         self.sign_key = sign_key
         self._ssh_key = ssh_key
         self._lock = threading.RLock()
+        self._records: dict[str, str] | None = None  # task id -> status.yaml blob, from git
+        self._unproven: dict[str, str] | None = None
         self._unpushed: bool | None = None  # None: not known yet, ask git
+        self._index_fresh = False
+        self.on_foreign: Callable[[str], None] | None = None  # told of each foreign commit
 
     @property
     def repo(self) -> GitRepo:
         return GitRepo(self.path, env=ssh_environment(self._ssh_key))
 
+    @property
+    def exists(self) -> bool:
+        return (self.path / "HEAD").is_file()
+
+    # ---- setting up -------------------------------------------------------------------------
+
     def ensure(self) -> None:
-        """Create the local clone of ``results/<site>`` (starting it if the registry has none)."""
-        if (self.path / ".git").is_dir():
-            self.repo.remove_stale_locks()
+        """Create the bare repository (adopting the registry's branch once) or clear the lock
+        files a killed agent left in it."""
+        if self.exists:
+            clear_stale_locks(self.path, [f"{INDEX_FILE}.lock", "packed-refs.lock", "config.lock"])
+            clear_stale_locks(self.path / "refs" / "heads" / RESULTS_DIR, [f"{self.site}.lock"])
             return
         partial = self.path.with_name(self.path.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        _remove_tree(partial)
+        partial.mkdir(parents=True, mode=0o700)
         repo = GitRepo(partial, env=ssh_environment(self._ssh_key))
-        repo.run("init", "--quiet", f"--initial-branch={self.branch}")
+        repo.run("init", "--quiet", "--bare", f"--initial-branch={self.branch}")
         repo.run("remote", "add", REMOTE, self.url)
-        tracking = f"+refs/heads/{self.branch}:refs/remotes/{REMOTE}/{self.branch}"
-        repo.run("config", f"remote.{REMOTE}.fetch", tracking)
+        repo.run("config", f"remote.{REMOTE}.fetch", f"+{self.ref}:{self.remote_ref}")
         repo.run("config", "user.name", f"ptm agent ({self.site})")
         repo.run("config", "user.email", f"ptm-agent@{self.site}.invalid")
-        if self.branch in repo.remote_branches(REMOTE, self.branch):
+        legacy = self.path.with_name(LEGACY_CLONE)
+        if (legacy / ".git").is_dir():  # ptm 0.1.0's results clone: this agent's own journal
+            repo.run("fetch", "--quiet", "--no-tags", str(legacy), f"+{self.ref}:{self.ref}")
+        elif self.branch in repo.remote_branches(REMOTE, self.branch):
             repo.run("fetch", "--quiet", "--no-tags", REMOTE)
-            repo.run("reset", "--quiet", "--hard", f"{REMOTE}/{self.branch}")
+            tip = repo.run("rev-parse", self.remote_ref)
+            unproven = adoption_unproven(repo, tip, self.site, self.sign_key)
+            write_atomically(partial / UNPROVEN_FILE, json.dumps(unproven, indent=1) + "\n")
+            repo.run("update-ref", self.ref, tip)
         partial.rename(self.path)
 
-    def status_of(self, task_id: str) -> StatusRecord | None:
-        path = self.path / result_path(task_id, self.site) / STATUS_FILE
-        if not path.is_file():
-            return None
-        source = f"{self.branch}:{result_path(task_id, self.site)}/{STATUS_FILE}"
-        document = load_yaml_text(path.read_bytes(), source=source)
-        return StatusRecord.from_document(document, source=source)
+    # ---- reading (own journal only) ---------------------------------------------------------
 
-    def open_tasks(self) -> list[StatusRecord]:
-        """Tasks whose last recorded state is not final (found by one ``git grep``)."""
-        pattern = "^state: (" + "|".join(OPEN_STATES) + ")$"
-        try:
-            out = self.repo.run(
-                "grep",
-                "-l",
-                "-E",
-                pattern,
-                "HEAD",
-                "--",
-                f"{RESULTS_DIR}/*/{self.site}/{STATUS_FILE}",
-            )
-        except RegistryError:
-            return []  # git grep exits 1 when nothing matches, and on an empty branch
-        records = []
-        for line in out.splitlines():
-            task_id = line.removeprefix("HEAD:").split("/")[1]
-            record = self.status_of(task_id)
+    def _known(self) -> dict[str, str]:
+        if self._records is None:
+            self._records = status_blobs(self.repo, self.ref, self.site)
+        return self._records
+
+    def unproven(self) -> dict[str, str]:
+        """Tasks whose record came with an adopted branch and is not provably this agent's."""
+        if self._unproven is None:
+            path = self.path / UNPROVEN_FILE
+            loaded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            self._unproven = {str(k): str(v) for k, v in loaded.items()}
+        return self._unproven
+
+    def is_proven(self, task_id: str) -> bool:
+        with self._lock:
+            blob = self._known().get(task_id)
+            return blob is not None and self.unproven().get(task_id) != blob
+
+    def status_of(self, task_id: str) -> StatusRecord | None:
+        """The last record this branch holds for ``task_id`` (proven or not: see is_proven)."""
+        with self._lock:
+            blob = self._known().get(task_id)
+        if blob is None:
+            return None
+        (data,) = read_blobs(self.repo, [blob])
+        return _parse_record(data, f"{self.branch}:{result_path(task_id, self.site)}")
+
+    def records(self, task_ids: list[str]) -> dict[str, StatusRecord]:
+        with self._lock:
+            known = self._known()
+            wanted = [(t, known[t]) for t in task_ids if t in known]
+        found = {}
+        for (task_id, _), data in zip(
+            wanted, read_blobs(self.repo, [b for _, b in wanted]), strict=True
+        ):
+            record = _parse_record(data, f"{self.branch}:{result_path(task_id, self.site)}")
             if record is not None:
-                records.append(record)
-        return records
+                found[task_id] = record
+        return found
 
     def all_records(self) -> list[StatusRecord]:
         """Every task this site has a status for (for ``ptm agent status``, not for cycles)."""
-        folder = self.path / RESULTS_DIR
-        if not folder.is_dir():
+        if not self.exists:
             return []
-        records = []
-        for task_dir in sorted(folder.iterdir()):
-            record = self.status_of(task_dir.name)
-            if record is not None:
-                records.append(record)
-        return records
+        records = self.records(sorted(self._known()))
+        return [records[t] for t in sorted(records)]
+
+    def open_tasks(self) -> list[StatusRecord]:
+        """Tasks whose last recorded state is not final."""
+        return [r for r in self.all_records() if not r.is_final]
+
+    # ---- writing ----------------------------------------------------------------------------
 
     def record(
         self,
@@ -124,29 +172,83 @@ class Ledger:
         log: bytes | None = None,
         outputs: Path | None = None,
         message: str | None = None,
+        remove_outputs: bool = False,
     ) -> str:
-        """Write ``status.yaml`` (and the log and output files, if given) and commit them."""
+        """Commit ``status.yaml`` (and the log and output files, if given) to the journal."""
+        folder = result_path(status.task, self.site)
+        files: dict[str, bytes] = {
+            f"{folder}/{STATUS_FILE}": dump_yaml(status.to_document()).encode()
+        }
+        if log is not None:
+            files[f"{folder}/{LOG_FILE}"] = log
+        paths: dict[str, Path] = {}
+        if outputs is not None:
+            paths = {f"{folder}/{OUTPUT_DIR}/{rel}": p for rel, p in _own_files(outputs)}
+        replace = f"{folder}/{OUTPUT_DIR}/" if outputs is not None or remove_outputs else None
+        subject = message or f"{status.task}: {status.state} at {self.site}"
+        body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"
+        if status.reason:
+            body += f"\nReason: {' '.join(status.reason.split())[:300]}"
         with self._lock:
-            folder = self.path / result_path(status.task, self.site)
-            write_atomically(folder / STATUS_FILE, dump_yaml(status.to_document()))
-            if log is not None:
-                (folder / LOG_FILE).write_bytes(log)
-            if outputs is not None:
-                shutil.rmtree(folder / OUTPUT_DIR, ignore_errors=True)
-                shutil.copytree(outputs, folder / OUTPUT_DIR, symlinks=True)
-            subject = message or f"{status.task}: {status.state} at {self.site}"
-            body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"
-            if status.reason:
-                body += f"\nReason: {' '.join(status.reason.split())[:300]}"
-            sha = commit(
-                self.repo,
-                [result_path(status.task, self.site)],
-                subject + body,
-                sign_key=self.sign_key,
-                allow_empty=True,
-            )
+            sha = self._commit(files, paths, replace, subject + body)
+            self._known()[status.task] = self.repo.run("rev-parse", f"{sha}:{folder}/{STATUS_FILE}")
             self._unpushed = True
             return sha
+
+    def _commit(
+        self,
+        files: Mapping[str, bytes],
+        paths: Mapping[str, Path],
+        replace: str | None,
+        message: str,
+    ) -> str:
+        repo = self.repo
+        env = {"GIT_INDEX_FILE": str(self.path / INDEX_FILE)}
+        parent = repo.rev_parse(self.ref)
+        try:
+            if not self._index_fresh:
+                repo.run("read-tree", parent or "--empty", env=env)
+            lines = []
+            if replace is not None:
+                old = repo.run("ls-files", "-z", "--", replace, env=env, strip=False)
+                lines += [f"0 {ZERO}\t{p}" for p in old.split("\0") if p]
+            lines += [f"100644 {self._blob(data)}\t{p}" for p, data in files.items()]
+            lines += [
+                f"100644 {self._blob(source.read_bytes())}\t{p}" for p, source in paths.items()
+            ]
+            repo.run_with_input(
+                "update-index",
+                "-z",
+                "--index-info",
+                stdin="\0".join(lines).encode() + b"\0",
+                env=env,
+            )
+            tree = repo.run("write-tree", env=env)
+            sha = self._commit_tree(tree, [parent] if parent else [], message)
+            repo.run("update-ref", self.ref, sha, parent or ZERO)
+        except BaseException:
+            self._index_fresh = False
+            raise
+        self._index_fresh = True
+        return sha
+
+    def _blob(self, data: bytes) -> str:
+        return self.repo.run_with_input("hash-object", "-w", "--stdin", stdin=data).decode().strip()
+
+    def _commit_tree(self, tree: str, parents: list[str], message: str) -> str:
+        args = ["commit-tree", tree, "-m", message]
+        for parent in parents:
+            args += ["-p", parent]
+        if self.sign_key is not None:
+            if not self.sign_key.is_file():
+                raise RegistryError(
+                    f"{self.sign_key}: the site's signing key (signing_key) is missing; "
+                    "nothing was recorded, the next cycle tries again"
+                )
+            args.insert(1, "-S")
+        return self.repo.run(*args, config=signing_config(self.sign_key))
+
+    # ---- publishing -------------------------------------------------------------------------
 
     def unpushed(self) -> bool:
         """Whether commits wait for a push. Asked of git once; then this object keeps count,
@@ -154,17 +256,145 @@ class Ledger:
         with self._lock:
             if self._unpushed is None:
                 repo = self.repo
-                head = repo.rev_parse("HEAD")
-                remote = repo.rev_parse(f"{REMOTE}/{self.branch}")
+                head = repo.rev_parse(self.ref)
+                remote = repo.rev_parse(self.remote_ref)
                 self._unpushed = head is not None and head != remote
             return self._unpushed
 
     def push(self) -> bool:
-        """Push everything not yet on the registry; False when there was nothing to push."""
+        """Push the journal; False when there was nothing to push.
+
+        When the registry's branch has commits this agent did not make, push a merge that
+        keeps exactly this agent's tree (see the module docstring) and report each one."""
         with self._lock:
             if not self.unpushed():
                 return False
-            # git updates refs/remotes/origin/results/<site> itself on a successful push.
-            push_with_rebase(self.repo, self.branch, sign_key=self.sign_key, remote=REMOTE)
+            repo = self.repo
+            spec = f"{self.ref}:{self.ref}"
+            try:
+                repo.run("push", "--quiet", REMOTE, spec)
+            except RegistryError as exc:
+                if not _is_rejected_push(str(exc)):
+                    raise
+                self._overrule_foreign_commits(repo)
+                repo.run("push", "--quiet", REMOTE, spec)
+            repo.run("update-ref", self.remote_ref, self.ref)
             self._unpushed = False
             return True
+
+    def _overrule_foreign_commits(self, repo: GitRepo) -> None:
+        repo.run("fetch", "--quiet", "--no-tags", REMOTE, f"+{self.ref}:{self.remote_ref}")
+        remote = repo.run("rev-parse", self.remote_ref)
+        local = repo.run("rev-parse", self.ref)
+        if repo.is_ancestor(remote, local):
+            return
+        foreign = repo.run("rev-list", f"{local}..{remote}").split()
+        for sha in foreign:
+            if self.on_foreign is not None:
+                self.on_foreign(sha)
+        tree = repo.run("rev-parse", f"{local}^{{tree}}")
+        shas = " ".join(sha[:12] for sha in foreign[:5])
+        message = (
+            f"Keep the records of {self.site}: {len(foreign)} commit(s) on {self.branch} were "
+            f"not made by this site's agent and are undone ({shas})"
+        )
+        merge = self._commit_tree(tree, [local, remote], message)
+        repo.run("update-ref", self.ref, merge, local)
+
+
+def status_blobs(repo: GitRepo, ref: str, site: str) -> dict[str, str]:
+    """task id -> blob of ``results/<task>/<site>/status.yaml`` on ``ref`` (empty if no ref)."""
+    if repo.rev_parse(ref) is None:
+        return {}
+    out = repo.run("ls-tree", "-r", "-z", "--full-tree", ref, "--", f"{RESULTS_DIR}/", strip=False)
+    found = {}
+    for record in out.split("\0"):
+        meta, _, path = record.partition("\t")
+        parts = path.split("/")
+        if len(parts) == 4 and parts[2] == site and parts[3] == STATUS_FILE and meta:
+            found[parts[1]] = meta.split(" ")[2]
+    return found
+
+
+def adoption_unproven(repo: GitRepo, tip: str, site: str, sign_key: Path | None) -> dict[str, str]:
+    """Records on an adopted branch that no commit signed with the site key wrote."""
+    blobs = status_blobs(repo, tip, site)
+    if sign_key is None or not blobs:
+        return blobs
+    public = Path(f"{sign_key}.pub")
+    if not public.is_file():
+        return blobs
+    signers = repo.path / "ptm-own-signer"
+    key = " ".join(public.read_text(encoding="utf-8").split()[:2])
+    signers.write_text(f'ptm-agent@{site} namespaces="git" {key}\n', encoding="utf-8")
+    out = repo.run(
+        "log",
+        "--format=%x1e%H %G?",
+        "--name-only",
+        tip,
+        "--",
+        f"{RESULTS_DIR}/",
+        config={"gpg.ssh.allowedSignersFile": str(signers)},
+    )
+    proven: set[str] = set()
+    decided: set[str] = set()
+    for chunk in out.split("\x1e")[1:]:
+        header, _, names = chunk.partition("\n")
+        good = header.endswith(" G")
+        for name in names.splitlines():
+            parts = name.split("/")
+            is_status = len(parts) == 4 and parts[2] == site and parts[3] == STATUS_FILE
+            if is_status and parts[1] not in decided:
+                decided.add(parts[1])
+                if good:
+                    proven.add(parts[1])
+    return {task: blob for task, blob in blobs.items() if task not in proven}
+
+
+def _parse_record(data: bytes | None, source: str) -> StatusRecord | None:
+    if data is None:
+        return None
+    try:
+        document = load_yaml_text(data, source=source, max_bytes=MAX_STATUS_BYTES)
+        return StatusRecord.from_document(document, source=source)
+    except InvalidDocument:
+        return None
+
+
+def _own_files(folder: Path) -> Iterator[tuple[str, Path]]:
+    """Regular files below a folder this agent made itself (collected outputs)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            yield path.relative_to(folder).as_posix(), path
+
+
+def _is_rejected_push(message: str) -> bool:
+    markers = ("[rejected]", "non-fast-forward", "fetch first", "Updates were rejected", "stale")
+    return any(m in message for m in markers)
+
+
+def clear_stale_locks(folder: Path, names: list[str]) -> None:
+    """Remove lock files a killed git left, once no process is working in ``folder``'s repo."""
+    present = [folder / n for n in names if (folder / n).exists()]
+    if present and not _git_busy_in(folder):
+        for path in present:
+            path.unlink(missing_ok=True)
+
+
+def _git_busy_in(folder: Path) -> bool:
+    root = str(folder.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cwd = str((proc / "cwd").readlink())
+            command = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if command.startswith("git") and (cwd == root or cwd.startswith(root + "/")):
+            return True
+    return False
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,94 +1,161 @@
-"""The agent's mirror of the tasks branch: cheap head checks, fetches and what changed since."""
+"""The agent's mirror of the tasks branch: cheap head checks, fetches, and what changed since.
+
+Nothing on the tasks branch is trusted. What changed is found by comparing the raw ``tasks/``
+folders of two commits (``TasksIndex``, read through ``ptm.treecheck``), so a crafted name
+(``..``, ``.git``, a newline, invalid UTF-8, two entries with one name) is seen exactly as it is
+and refused for that entry alone. A task's folder is read as a checked listing plus the texts of
+``task.yaml`` and ``cancel.yaml`` (``TaskSnapshot``), in memory; nothing is written to disk here.
+"""
 
 from __future__ import annotations
 
-import io
 import shutil
-import tarfile
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptm.errors import RegistryError, TamperingDetected
-from ptm.gitrepo import FileChange, GitRepo, SignatureCheck
-from ptm.gittrees import read_blobs
+from ptm.errors import Problem, RegistryError, TamperingDetected
+from ptm.gitrepo import GitRepo, SignatureCheck
+from ptm.names import is_valid_name
 from ptm.registry import TASKS_DIR, clone, ssh_environment
+from ptm.schema import FILE_PATH
 from ptm.task import CANCEL_FILE, TASK_FILE
+from ptm.treecheck import (
+    TREE_MODE,
+    Caps,
+    CheckedTree,
+    RawEntry,
+    TreeRefused,
+    lookup,
+    read_folder,
+    read_raw,
+    read_trees,
+    root_tree,
+    shown_name,
+)
+from ptm.validation import FILES_DIR, MAX_TASK_FILES, MAX_TASK_FILES_BYTES
 
 REMOTE = "origin"
+TASKS_LISTING_BYTES = 64 * 1024**2
+ROOT_LISTING_BYTES = 1024**2
+TASK_DOCUMENT_BYTES = 1024**2
+TASK_CAPS = Caps(
+    max_entries=MAX_TASK_FILES + 8,
+    max_depth=16,
+    max_blob_bytes=MAX_TASK_FILES_BYTES,
+    max_total_bytes=MAX_TASK_FILES_BYTES + 2 * TASK_DOCUMENT_BYTES,
+    max_tree_bytes=1024**2,
+)
+PATH = "(path)"
+TASK_ENTRIES = {TASK_FILE: False, CANCEL_FILE: False, FILES_DIR: True}  # name -> is a folder
+
+
+@dataclass(frozen=True)
+class TasksIndex:
+    """The raw entries of ``tasks/`` at one commit, by exact name (crafted trees repeat some)."""
+
+    commit: str
+    entries: Mapping[bytes, tuple[RawEntry, ...]]
 
 
 @dataclass(frozen=True)
 class TaskChange:
-    """What happened to one task folder between two commits of the tasks branch."""
+    """One name in ``tasks/`` whose entries differ between two commits."""
 
-    task_id: str
-    task_file: str | None  # "A", "M", "D" or None when task.yaml itself did not change
-    other_files_changed: bool
-    cancel_added: bool
+    name: bytes
+    before: tuple[RawEntry, ...]
+    after: tuple[RawEntry, ...]
+
+    @property
+    def task_id(self) -> str | None:
+        """The name as a task id, when it is a valid one."""
+        try:
+            text = self.name.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return text if is_valid_name(text) else None
+
+    @property
+    def shown(self) -> str:
+        return f"{TASKS_DIR}/{shown_name(self.name)}"
 
     @property
     def is_new(self) -> bool:
-        return self.task_file == "A"
+        return not self.before and bool(self.after)
+
+
+def diff_index(old: TasksIndex | None, new: TasksIndex) -> list[TaskChange]:
+    """Every name whose entries changed from ``old`` (None: nothing) to ``new`` (pure)."""
+    before = old.entries if old is not None else {}
+    names = sorted(set(before) | set(new.entries))
+    changes = []
+    for name in names:
+        was, now = before.get(name, ()), new.entries.get(name, ())
+        if was != now:
+            changes.append(TaskChange(name, was, now))
+    return changes
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    """One task folder at one commit: its checked listing and documents, and every problem."""
+
+    task_id: str
+    commit: str
+    tree: CheckedTree | None
+    problems: tuple[Problem, ...]
+    task_text: bytes | None
+    cancel_text: bytes | None
 
     @property
-    def alters_task(self) -> bool:
-        return self.task_file in {"M", "D", "T"} or self.other_files_changed
+    def files(self) -> CheckedTree | None:
+        """The checked ``files/`` folder, when the task has one."""
+        if self.tree is None or self.tree.get(FILES_DIR) is None:
+            return None
+        return self.tree.under(FILES_DIR)
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        files = self.files
+        return tuple(e.path for e in files.files) if files is not None else ()
 
 
-def group_changes(changes: Iterable[FileChange]) -> list[TaskChange]:
-    """Fold ``tasks/<id>/…`` file changes into one entry per task (pure)."""
-    by_task: dict[str, dict[str, object]] = {}
-    for change in changes:
-        parts = change.path.split("/")
-        if len(parts) < 3 or parts[0] != TASKS_DIR:
+def layout_problems(task_id: str, tree: CheckedTree) -> list[Problem]:
+    """What a task folder may hold: task.yaml, cancel.yaml (files) and files/ (a folder)."""
+    where = f"{TASKS_DIR}/{task_id}"
+    problems = [Problem(p.path, PATH, p.rule, p.message) for p in tree.problems]
+    for entry in tree.entries:
+        wants_dir = TASK_ENTRIES.get(entry.path)
+        if "/" in entry.path:
             continue
-        entry = by_task.setdefault(parts[1], {"task": None, "other": False, "cancel": False})
-        rest = "/".join(parts[2:])
-        if rest == TASK_FILE:
-            entry["task"] = change.status
-        elif rest == CANCEL_FILE:
-            entry["cancel"] = entry["cancel"] or change.status in {"A", "M"}
-        else:
-            entry["other"] = True
-    return [
-        TaskChange(task_id, _opt_str(e["task"]), bool(e["other"]), bool(e["cancel"]))
-        for task_id, e in sorted(by_task.items())
-    ]
-
-
-def extract_task(archive: bytes, target: Path) -> None:
-    """Unpack a ``git archive`` of one task folder: folders, regular files and symlinks (kept
-    as links, never followed: validation refuses them), nothing outside ``target``."""
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        for member in tar.getmembers():
-            relative = member.name.strip("/")
-            if not relative or member.name.startswith("/") or ".." in relative.split("/"):
-                continue
-            path = target / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if member.isdir():
-                path.mkdir(exist_ok=True)
-            elif member.issym():
-                path.symlink_to(member.linkname)
-            elif member.isfile():
-                source = tar.extractfile(member)
-                if source is not None:
-                    path.write_bytes(source.read())
-
-
-def _opt_str(value: object) -> str | None:
-    return None if value is None else str(value)
+        if wants_dir is None:
+            allowed = ", ".join(sorted(TASK_ENTRIES))
+            message = f"unexpected entry; a task folder holds only {allowed}"
+            problems.append(Problem(f"{where}/{entry.path}", PATH, "task-layout", message))
+        elif wants_dir != entry.is_dir:
+            message = "must be a folder" if wants_dir else "must be a file"
+            problems.append(Problem(f"{where}/{entry.path}", PATH, "task-layout", message))
+    for name in (TASK_FILE, CANCEL_FILE):
+        document = tree.get(name)
+        if document is not None and document.size > TASK_DOCUMENT_BYTES:
+            message = f"is {document.size} bytes, at most {TASK_DOCUMENT_BYTES}"
+            problems.append(Problem(f"{where}/{name}", FILE_PATH, "max-bytes", message))
+    files = [e for e in tree.files if e.path.startswith(f"{FILES_DIR}/")]
+    if len(files) > MAX_TASK_FILES:
+        message = f"{len(files)} files; at most {MAX_TASK_FILES}"
+        problems.append(Problem(f"{where}/{FILES_DIR}", "(count)", "max-files", message))
+    return problems
 
 
 class TasksMirror:
-    """A clone of the registry's tasks branch inside the agent's work directory."""
+    """A clone of the registry's tasks branch (no working tree) in the agent's work directory."""
 
     def __init__(self, path: Path, *, url: str, branch: str, ssh_key: Path | None) -> None:
         self.path = path
         self.url = url
         self.branch = branch
         self.ssh_key = ssh_key
+        self._index: TasksIndex | None = None  # the last one read: the next cycle's "before"
 
     @property
     def repo(self) -> GitRepo:
@@ -129,32 +196,73 @@ class TasksMirror:
                 "(see 'ptm agent status'); history must only ever grow."
             )
 
+    # ---- what is there -----------------------------------------------------------------------
+
+    def index(self, commit: str) -> TasksIndex:
+        """``tasks/`` at ``commit``; TreeRefused when its tree has no single such folder."""
+        if self._index is not None and self._index.commit == commit:
+            return self._index
+        repo = self.repo
+        top = read_folder(repo, root_tree(repo, commit), where="/", max_bytes=ROOT_LISTING_BYTES)
+        found = lookup(top, TASKS_DIR)
+        entries: dict[bytes, tuple[RawEntry, ...]] = {}
+        if len(found) > 1 or (found and found[0].mode != TREE_MODE):
+            raise TreeRefused(
+                f"commit {commit[:12]}: {TASKS_DIR} is not one folder ({len(found)} entries)"
+            )
+        if found:
+            listing = read_folder(
+                repo, found[0].oid, where=TASKS_DIR, max_bytes=TASKS_LISTING_BYTES
+            )
+            for entry in listing:
+                entries[entry.name] = (*entries.get(entry.name, ()), entry)
+        self._index = TasksIndex(commit, entries)
+        return self._index
+
     def changes(self, processed: str | None, head: str) -> list[TaskChange]:
-        return group_changes(self.repo.changed_paths(processed, head, under=f"{TASKS_DIR}/"))
+        old = self.index(processed) if processed is not None else None
+        return diff_index(old, self.index(head))
 
-    def has_task(self, task_id: str, commit: str) -> bool:
-        return bool(self.repo.list_tree(commit, f"{TASKS_DIR}/{task_id}/{TASK_FILE}"))
+    def snapshots(self, index: TasksIndex, task_ids: Sequence[str]) -> dict[str, TaskSnapshot]:
+        """Each task's folder at ``index.commit``, checked, with its documents read (few git
+        processes for any number of tasks)."""
+        result: dict[str, TaskSnapshot] = {}
+        folders: list[tuple[str, str]] = []
+        for task_id in task_ids:
+            entries = index.entries.get(task_id.encode(), ())
+            problem = _folder_problem(task_id, entries)
+            if problem is not None:
+                result[task_id] = TaskSnapshot(task_id, index.commit, None, (problem,), None, None)
+            else:
+                folders.append((task_id, entries[0].oid))
+        trees = read_trees(
+            self.repo, [(f"{TASKS_DIR}/{t}", oid) for t, oid in folders], caps=TASK_CAPS
+        )
+        wanted = [
+            entry
+            for tree in trees
+            for name in (TASK_FILE, CANCEL_FILE)
+            if (entry := tree.get(name)) is not None
+            and not entry.is_dir
+            and entry.size <= TASK_DOCUMENT_BYTES
+        ]
+        blobs = read_raw(self.repo, [e.oid for e in wanted])
+        texts = {e.oid: data for e, data in zip(wanted, blobs, strict=True)}
+        for (task_id, _), tree in zip(folders, trees, strict=True):
+            task_entry, cancel_entry = tree.get(TASK_FILE), tree.get(CANCEL_FILE)
+            result[task_id] = TaskSnapshot(
+                task_id,
+                index.commit,
+                tree,
+                tuple(layout_problems(task_id, tree)),
+                texts.get(task_entry.oid) if task_entry is not None else None,
+                texts.get(cancel_entry.oid) if cancel_entry is not None else None,
+            )
+        return result
 
-    def task_texts(self, task_ids: list[str], commit: str) -> dict[str, bytes]:
-        """Each task's ``task.yaml`` at ``commit``, read by one git process for all of them."""
-        specs = [f"{commit}:{TASKS_DIR}/{task_id}/{TASK_FILE}" for task_id in task_ids]
-        blobs = read_blobs(self.repo, specs) if specs else []
-        return {t: blob for t, blob in zip(task_ids, blobs, strict=True) if blob is not None}
-
-    def materialize(self, task_id: str, commit: str, *, into: Path | None = None) -> Path:
-        """``tasks/<id>/`` as it is at ``commit``, written to ``into/<id>`` (default: a folder
-        beside the clone). The clone has no working tree: checking out a large registry on
-        every cycle would cost time in proportion to its size."""
-        target = (into or self.path.with_name("tasks")) / task_id
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        folder = f"{commit}:{TASKS_DIR}/{task_id}"
-        if not self.repo.is_tree(folder):
-            return target
-        # Archiving the task's own tree, not the commit with a pathspec: git would otherwise
-        # walk the whole registry tree to match the path.
-        extract_task(self.repo.run_bytes("archive", "--format=tar", folder), target)
-        return target
+    def snapshot_at(self, task_id: str, commit: str) -> TaskSnapshot:
+        """One task's folder at ``commit`` (for approvals and resuming)."""
+        return self.snapshots(self.index(commit), [task_id])[task_id]
 
     def task_commit(self, task_id: str, head: str) -> str:
         """The newest commit up to ``head`` that touched ``tasks/<id>/``."""
@@ -167,3 +275,16 @@ class TasksMirror:
 
     def signatures(self, commits: list[str], allowed_signers: Path) -> list[SignatureCheck]:
         return self.repo.signatures(commits, allowed_signers=allowed_signers)
+
+
+def _folder_problem(task_id: str, entries: tuple[RawEntry, ...]) -> Problem | None:
+    where = f"{TASKS_DIR}/{task_id}"
+    if not entries:
+        return Problem(where, PATH, "exists", "no such task folder")
+    if len(entries) > 1:
+        message = f"appears {len(entries)} times in {TASKS_DIR}/ (a crafted tree)"
+        return Problem(where, PATH, "duplicate", message)
+    if entries[0].mode != TREE_MODE:
+        message = f"is not a folder (mode {shown_name(entries[0].mode)})"
+        return Problem(where, PATH, "task-folder", message)
+    return None

@@ -26,6 +26,8 @@ EVERY_SITE = "*"
 
 _MEMORY = re.compile(r"([1-9][0-9]{0,14})([kKmMgG]?)")  # no IGNORECASE: it lets in 'K' (Kelvin)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MIN_MEMORY_BYTES = 6 * 1024**2  # Docker's own floor; below it an engine refuses or ignores it
+MIN_CPUS = 0.01  # 10^7 NanoCpus; a value that rounds to 0 would mean "no limit"
 
 
 def parse_memory(text: str) -> int:
@@ -87,6 +89,7 @@ class Task:
         validate(document, "task", source=name)
         _check_names(document, source=name)
         resources = document.get("resources", {})
+        _check_resources(resources, source=name)
         command = document.get("command")
         return cls(
             id=task_id,
@@ -144,6 +147,18 @@ def _check_names(document: Mapping[str, Any], *, source: str) -> None:
         check_name(
             document["deliver"]["sftp"], kind="target name", source=source, path="deliver.sftp"
         )
+
+
+def _check_resources(resources: Mapping[str, Any], *, source: str) -> None:
+    """Task values must never reach the engine as "no limit": refuse what would."""
+    memory = resources.get("memory")
+    if memory is not None and parse_memory(memory) < MIN_MEMORY_BYTES:
+        message = f"{memory!r} is below the smallest limit an engine enforces, 6m"
+        raise InvalidDocument([Problem(source, "resources.memory", "minimum", message)])
+    cpus = resources.get("cpus")
+    if cpus is not None and cpus < MIN_CPUS:
+        message = f"{cpus!r} is below {MIN_CPUS}, which an engine would treat as no limit"
+        raise InvalidDocument([Problem(source, "resources.cpus", "minimum", message)])
 
 
 def _memory_or_none(text: str | None) -> int | None:

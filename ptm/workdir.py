@@ -46,7 +46,8 @@ class WorkDir:
 
     @property
     def results_clone(self) -> Path:
-        return self.root / "results"
+        """The agent's own bare repository of ``results/<site>`` (see ``ptm.ledger``)."""
+        return self.root / "ledger.git"
 
     @property
     def runs(self) -> Path:
@@ -54,6 +55,13 @@ class WorkDir:
 
     def run_dir(self, task_id: str) -> Path:
         return self.runs / task_id
+
+    def prepare(self) -> None:
+        """Create the work directory, readable by this agent only: its run folders and held
+        results must not be reachable (or plantable) by other users of the host."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        self.runs.mkdir(mode=0o700, exist_ok=True)
 
     def load_state(self) -> AgentState:
         path = self.root / STATE_FILE
@@ -74,7 +82,7 @@ class WorkDir:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """One agent per work directory: a second one fails at once instead of racing."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         with open(self.root / "agent.lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

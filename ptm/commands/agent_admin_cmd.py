@@ -74,7 +74,7 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _ledger(config: SiteConfig) -> Ledger:
     workdir = WorkDir(config.workdir)
-    if not (workdir.results_clone / ".git").is_dir():
+    if not (workdir.results_clone / "HEAD").is_file():
         raise PtmError(f"{config.workdir}: the agent has not run yet (no results clone)")
     return Ledger(
         workdir.results_clone,
@@ -113,22 +113,15 @@ def run_pending(args: argparse.Namespace) -> int:
 
 
 def _pending_detail(record: StatusRecord, mirror: TasksMirror, scratch: Path) -> dict[str, Any]:
-    task_dir = mirror.materialize(record.task, record.task_commit, into=scratch)
-    files_dir = task_dir / "files"
-    files = (
-        sorted(str(p.relative_to(files_dir)) for p in files_dir.rglob("*") if p.is_file())
-        if files_dir.is_dir()
-        else []
-    )
-    task_file = task_dir / "task.yaml"
+    snapshot = mirror.snapshot_at(record.task, record.task_commit)
     return {
         "task": record.task,
         "state": record.state,
         "image": record.image,
         "submitted_by": record.submitted_by or "(signature not checked)",
         "task_commit": record.task_commit,
-        "config": task_file.read_text(encoding="utf-8") if task_file.is_file() else "",
-        "files": files,
+        "config": (snapshot.task_text or b"").decode("utf-8", "replace"),
+        "files": list(snapshot.file_names),
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ptm.console import print_json, say
-from ptm.judgement import Judgement, judge
+from ptm.judgement import Judgement, judge_at
 from ptm.siteconfig import load_site_config
 from ptm.sync import TasksMirror
 
@@ -42,13 +42,13 @@ def run_explain(args: argparse.Namespace) -> int:
         )
         mirror.ensure_clone()
         head = mirror.fetch()
-        if not mirror.has_task(args.task_id, head):
+        if args.task_id.encode() not in mirror.index(head).entries:
             say(
                 f"task {args.task_id!r} is not on branch {config.registry.branch} of "
                 f"{config.registry.url}"
             )
             return 1
-        verdict = judge(mirror, config, args.task_id, head)
+        verdict = judge_at(mirror, config, args.task_id, head)
     if args.json:
         print_json(_document(verdict, config.site))
     else:

@@ -44,7 +44,7 @@ from ptm.runtimes.base import (
     PullPolicy,
 )
 from ptm.runtimes.images import PullReporter, matching_repo_digest, split_reference
-from ptm.runtimes.sandbox import check_mount_target, check_network, numeric_user
+from ptm.runtimes.sandbox import check_limits, check_mount_target, check_network, numeric_user
 
 POLL_INTERVAL_S = 0.5
 KILL_GRACE_S = 10.0
@@ -163,6 +163,7 @@ class DockerRuntime:
 
     def start(self, spec: ContainerSpec, image: ImageRef) -> ContainerRef:
         check_network(spec.network)
+        check_limits(spec)
         mounts = self._mounts(spec)
         self._open_output(spec)
         name = f"ptm-{spec.site}-{spec.task_id}-{uuid.uuid4().hex[:8]}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from ptm.errors import ContainerError
+from ptm.runtimes.base import ContainerSpec
 
 # Paths the sandbox itself provides; a site data mount must not hide or replace them.
 RESERVED_TARGETS = ("/ptm", "/proc", "/sys", "/dev", "/tmp")
@@ -36,3 +37,13 @@ def numeric_user(user: str) -> tuple[int, int] | None:
     if not uid.isdigit() or (gid and not gid.isdigit()):
         return None
     return int(uid), int(gid) if gid else -1
+
+
+def check_limits(spec: ContainerSpec) -> None:
+    """Every limit reaches the engine as a real limit: 0 means "none" to Docker and Podman."""
+    if int(spec.cpus * 1e9) < 10**7 or spec.memory_bytes < 6 * 1024**2 or spec.pids < 1:
+        raise ContainerError(
+            f"task {spec.task_id}: cpus {spec.cpus:g}, memory {spec.memory_bytes} bytes and "
+            f"pids {spec.pids} must be at least 0.01, 6 MiB and 1: anything less would reach the "
+            "engine as no limit at all"
+        )
