@@ -209,11 +209,11 @@ def verify_task(
 
 
 def verify_cancel(
-    repo: GitRepo, head: str, task_id: str, allowed_signers: Path, *, at: datetime
+    repo: GitRepo, head: str, task_id: str, allowed_signers: Path, *, at: datetime | None
 ) -> tuple[CommitSignature, ...]:
     """The checks of the commits behind ``tasks/<id>/cancel.yaml`` as it is at ``head`` (newest
-    first): every commit that changed it since it last appeared. Pass them to
-    ``cancel_signer_ok``."""
+    first): every commit that changed it since it last appeared, as of ``at`` (None: each
+    commit's committer date). Pass them to ``cancel_signer_ok``."""
     listed = path_commits(repo, head, f"{TASKS_DIR}/{task_id}/{CANCEL_FILE}")
     present = repo.list_tree(head, f"{TASKS_DIR}/{task_id}/{CANCEL_FILE}")
     if not present:

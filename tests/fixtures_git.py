@@ -37,6 +37,16 @@ def write_allowed_signers(path: Path, *keys: SigningKey) -> Path:
     return path
 
 
+def sign_options(key: SigningKey | None) -> list[str]:
+    """git ``-c`` options that sign commits with ``key``, or make sure nothing signs them."""
+    if key is None:
+        return ["-c", "commit.gpgSign=false"]
+    return [
+        *("-c", "gpg.format=ssh", "-c", f"user.signingKey={key.private}"),
+        *("-c", "commit.gpgSign=true"),
+    ]
+
+
 def git(cwd: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
     return done.stdout.strip()

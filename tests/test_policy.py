@@ -14,7 +14,7 @@ from ptm.siteconfig import SiteConfig
 from ptm.submission import TaskDraft, write_task
 from ptm.task import Task
 from tests.agent_support import Researcher, write_site_config
-from tests.fixtures_git import SigningKey, git, write_allowed_signers
+from tests.fixtures_git import SigningKey, git, sign_options, write_allowed_signers
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -266,19 +266,6 @@ def test_explain_unknown_task(
 
 
 # ---- merges with content of their own, key lifetimes and retired keys -----------------------
-
-
-def sign_options(key: SigningKey | None) -> list[str]:
-    if key is None:
-        return ["-c", "commit.gpgSign=false"]
-    return [
-        "-c",
-        "gpg.format=ssh",
-        "-c",
-        f"user.signingKey={key.private}",
-        "-c",
-        "commit.gpgSign=true",
-    ]
 
 
 def evil_merge(work: Path, task_id: str, key: SigningKey | None) -> str:

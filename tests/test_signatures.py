@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ptm.signatures import (
     verify_task,
     verify_time,
 )
-from tests.fixtures_git import SigningKey, make_signing_key, write_allowed_signers
+from tests.fixtures_git import SigningKey, make_signing_key, sign_options, write_allowed_signers
 
 NOW = datetime.now(timezone.utc)
 
@@ -70,19 +71,6 @@ class Work:
         return GitRepo(self.path)
 
 
-def sign_options(key: SigningKey | None) -> list[str]:
-    if key is None:
-        return ["-c", "commit.gpgSign=false"]
-    return [
-        "-c",
-        "gpg.format=ssh",
-        "-c",
-        f"user.signingKey={key.private}",
-        "-c",
-        "commit.gpgSign=true",
-    ]
-
-
 @pytest.fixture
 def work(tmp_path: Path) -> Work:
     return Work(tmp_path / "work")
@@ -93,7 +81,7 @@ def signers(tmp_path: Path, alice: SigningKey, mallory: SigningKey) -> Path:
     return write_allowed_signers(tmp_path / "allowed_signers", alice, mallory)
 
 
-def statuses(checks: tuple[SignatureCheck, ...] | list[SignatureCheck]) -> list[str]:
+def statuses(checks: Sequence[SignatureCheck]) -> list[str]:
     return [c.status for c in checks]
 
 

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import unicodedata
 from pathlib import Path
 from typing import Any
 
-from ptm.audit import AuditReport, CommitCheck, TaskAudit, run_audit
+from ptm.audit import AuditOptions, AuditReport, CommitCheck, TaskAudit, run_audit
 from ptm.commands.status_cmd import add_location_options, open_registry
 from ptm.console import format_table, print_json, say
 from ptm.errors import PtmError
+
+_UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser = commands.add_parser(
         "audit",
         help="the registry's history: who asked, what ran where, and who signed each step",
-        description="Read the tasks branch and every results/<site> branch and report, for each "
-        "task, who submitted it (with git's signature check against --allowed-signers), what "
-        "each site recorded, the exact image that ran, and every rule broken: unsigned task "
-        "or result commits, tasks changed after a site acted on them, results acting on "
-        "commits that are not on the tasks branch, and result branches writing outside their "
-        "own site's folders. Exit 1 when there is any finding.",
+        description="Read the tasks branch and every results/<site> branch, merges included, "
+        "and report, for each task, who submitted it (signatures verified with ssh-keygen "
+        "against --allowed-signers, as of the time a site recorded receiving the task, else "
+        "the commit date), what each site recorded, the exact image that ran, and every rule "
+        "broken: unsigned task or result commits, merges with content none of their parents "
+        "had, unsigned merges of results, cancels not signed by the submitter or a trusted "
+        "canceller, tasks changed after a site acted on them, results acting on commits that "
+        "are not on the tasks branch, result branches writing outside their own site's "
+        "folders, and task folders that cannot be read. Exit 1 when there is any finding.",
     )
     parser.add_argument(
         "--allowed-signers",
@@ -29,6 +35,14 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="FILE",
         help="git's SSH allowed-signers file with the researchers' and the "
         "sites' keys; without it, signatures are not checked",
+    )
+    parser.add_argument(
+        "--trusted-canceller",
+        action="append",
+        default=[],
+        metavar="PRINCIPAL",
+        help="a principal who may cancel any task, besides its submitter (as a site's "
+        "policy.trusted_cancellers); repeatable",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_location_options(parser)
@@ -41,9 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise PtmError(f"{signers}: no such allowed signers file")
     registry = open_registry(args)
     registry.refresh()
-    report = run_audit(
-        registry.repo, registry.refs, allowed_signers=signers.resolve() if signers else None
-    )
+    options = AuditOptions(signers.resolve() if signers else None, tuple(args.trusted_canceller))
+    report = run_audit(registry.repo, registry.refs, options)
     if args.json:
         print_json(_document(report))
     else:
@@ -52,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(report: AuditReport) -> None:
-    rows = [row for task in report.tasks for row in _rows(task)]
+    rows = [tuple(map(_printable, row)) for task in report.tasks for row in _rows(task)]
     say(
         format_table(
             ("TASK", "SUBMITTED BY", "SITE", "STATE", "IMAGE RUN", "RESULTS SIGNED BY"), rows
@@ -62,7 +75,7 @@ def _print(report: AuditReport) -> None:
         say("Signatures were not checked: pass --allowed-signers FILE.")
     say("")
     for finding in report.findings:
-        say(f"  {finding}")
+        say(f"  {_printable(finding)}")
     say(f"{len(report.tasks)} task(s), {len(report.findings)} finding(s).")
 
 
@@ -121,4 +134,22 @@ def _document(report: AuditReport) -> dict[str, Any]:
 
 
 def _commit_document(check: CommitCheck) -> dict[str, Any]:
-    return {**check.signature.__dict__, "date": check.date, "paths": list(check.paths)}
+    return {
+        **check.signature.__dict__,
+        "checked": check.checked,
+        "is_merge": check.is_merge,
+        "date": check.date,
+        "paths": list(check.paths),
+    }
+
+
+def _printable(value: object) -> object:
+    """Names and messages come from the registry: control characters reach no terminal."""
+    if value is None:
+        return None
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) in _UNPRINTABLE
+        else char
+        for char in str(value)
+    )
