@@ -16,6 +16,7 @@ in one parent's version unchanged is not listed: the commits on that side are.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from pathlib import Path
 from ptm.errors import ConfigError, PtmError
 from ptm.gitrepo import GitRepo, SignatureCheck
 from ptm.gittrees import read_objects
-from ptm.process import run
+from ptm.process import run_bounded
 from ptm.task import CANCEL_FILE, TASKS_DIR
 
 UTC = timezone.utc
@@ -35,6 +36,7 @@ RECORD = "\x1e"
 SSH_SIGNATURE = b"-----BEGIN SSH SIGNATURE-----"
 NAMESPACE = "git"
 VERIFY_WORKERS = 4
+SSH_KEYGEN_LIMIT = 60.0  # seconds; ssh-keygen reads local files only
 EVIL_MERGE = "brings content none of its parents had"
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -279,10 +281,7 @@ def verify_raw(
         return _check(raw, "N", stamp)
     if not raw.signature.startswith(SSH_SIGNATURE):
         return _check(raw, "E", stamp, detail="signed, but not with an SSH key (gpg.format ssh)")
-    try:
-        payload = raw.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return _check(raw, "E", stamp, detail="the commit is not UTF-8 text; ptm cannot check it")
+    payload = raw.payload
     signature_file = folder / f"{raw.commit}-{stamp}.sig"
     signature_file.write_bytes(raw.signature)
     common = ["-s", str(signature_file), "-O", f"verify-time={stamp}"]
@@ -299,7 +298,7 @@ def _verify_principals(
     allowed_signers: Path,
     common: list[str],
     principals: list[str],
-    payload: str,
+    payload: bytes,
     stamp: str,
 ) -> CommitSignature:
     err = ""
@@ -312,7 +311,7 @@ def _verify_principals(
 
 
 def _unknown_key(
-    raw: RawCommit, signature_file: Path, payload: str, err: str, stamp: str
+    raw: RawCommit, signature_file: Path, payload: bytes, err: str, stamp: str
 ) -> CommitSignature:
     """No principal of the file may sign at ``stamp``: which of the reasons is it?"""
     novalidate = ["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(signature_file)]
@@ -330,13 +329,20 @@ def _unknown_key(
     return _check(raw, "U", stamp, key=key)
 
 
-def _ssh_keygen(args: list[str], stdin: str | None) -> tuple[int, str, str]:
+def _ssh_keygen(args: list[str], stdin: bytes | None) -> tuple[int, str, str]:
+    """Run ssh-keygen (the payload as bytes: a commit need not be UTF-8), within a deadline."""
+    command = ["ssh-keygen", *args]
     try:
-        return run(["ssh-keygen", *args], stdin=stdin, check=False)
+        done = run_bounded(command, cwd=None, env=os.environ, stdin=stdin, timeout=SSH_KEYGEN_LIMIT)
     except OSError as exc:
         raise PtmError(
             f"ssh-keygen is needed to verify signatures and could not run: {exc}"
         ) from exc
+    return (
+        done.returncode,
+        done.stdout.decode("utf-8", "replace"),
+        done.stderr.decode("utf-8", "replace"),
+    )
 
 
 def _check(

@@ -189,6 +189,20 @@ def test_good_unsigned_unknown_and_bad(
     assert "bad signature" in checks[3].describe()
 
 
+def test_a_commit_that_is_not_utf8_verifies_byte_for_byte(
+    work: Work, tmp_path: Path, alice: SigningKey, signers: Path
+) -> None:
+    work.write("tasks/t1/task.yaml", "a\n")
+    message = tmp_path / "message"
+    message.write_bytes(b"Caf\xe9 au lait\n")
+    work.git(
+        *sign_options(alice), "-c", "i18n.commitEncoding=ISO-8859-1", "commit", "-qF", str(message)
+    )
+    sha = work.git("rev-parse", "HEAD")
+    (check,) = verify_task(work.repo, sha, "t1", signers, at=NOW)
+    assert check.good and check.subject == "Caf\ufffd au lait"
+
+
 def forge(work: Work, commit: str, old: bytes, new: bytes) -> str:
     """A commit object with another commit's signature over an altered message."""
     data = subprocess.run(
