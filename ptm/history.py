@@ -46,6 +46,8 @@ def history(repo: GitRepo, ref: str, under: str | None) -> list[LoggedCommit]:
     out = repo.run(
         "--literal-pathspecs",
         "log",
+        "--no-show-signature",  # whatever the user's log.showSignature or color settings
+        "--no-color",
         "--full-history",
         "--topo-order",
         "--reverse",

@@ -90,6 +90,8 @@ def path_commits(repo: GitRepo, head: str, path: str) -> tuple[PathCommit, ...]:
     out = repo.run(
         "--literal-pathspecs",
         "log",
+        "--no-show-signature",  # whatever the user's log.showSignature or color settings
+        "--no-color",
         "--full-history",
         "--topo-order",
         "--no-renames",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ptm.gitrepo import GitRepo, SignatureCheck
+from ptm.history import history
 from ptm.signatures import (
     cancel_signer_ok,
     commit_label,
@@ -326,3 +327,17 @@ def test_verify_cancel_reads_the_commits_behind_the_current_cancel(
     reason = cancel_signer_ok(checks, "alice@uni.example", ())
     assert reason is not None and "mallory edits" in reason
     assert verify_cancel(work.repo, head, "t2", signers, at=NOW) == ()
+
+
+def test_the_users_git_log_settings_change_nothing(
+    work: Work, alice: SigningKey, signers: Path
+) -> None:
+    with open(os.environ["GIT_CONFIG_GLOBAL"], "a") as config:
+        config.write("[log]\n\tshowSignature = true\n\tshowRoot = false\n[color]\n\tui = always\n")
+    work.git("config", "gpg.ssh.allowedSignersFile", str(signers))
+    added = work.change("tasks/t1/task.yaml", "a\n", "add", alice)
+    (listed,) = task_commits(work.repo, added, "t1")
+    assert listed.commit == added
+    (logged,) = history(work.repo, added, "tasks/")
+    assert logged.paths == ("tasks/t1/task.yaml",) or logged.paths == ()
+    assert (logged.commit, logged.author) == (added, "researcher@test.example")
