@@ -341,3 +341,17 @@ def test_the_users_git_log_settings_change_nothing(
     (logged,) = history(work.repo, added, "tasks/")
     assert logged.paths == ("tasks/t1/task.yaml",) or logged.paths == ()
     assert (logged.commit, logged.author) == (added, "researcher@test.example")
+
+
+def test_a_merge_that_adds_the_task_is_its_submission(
+    work: Work, alice: SigningKey, mallory: SigningKey, signers: Path
+) -> None:
+    work.change("README", "r\n", "start", alice)
+    work.git("checkout", "-q", "-b", "side")
+    work.change("NOTES", "n\n", "notes", alice)
+    work.git("checkout", "-q", "main")
+    work.git("merge", "-q", "--no-ff", "--no-commit", "side")
+    work.write("tasks/t1/task.yaml", "a\n")
+    merge = work.commit("Merge side", mallory)
+    (check,) = verify_task(work.repo, merge, "t1", signers, at=NOW)
+    assert (check.commit, check.merge, check.signer) == (merge, True, "mallory@evil.example")
