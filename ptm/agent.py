@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
 from ptm import __version__
 from ptm.decisions import AdminDecision, forget_decision, pending_decisions
@@ -19,6 +20,7 @@ from ptm.execution import TaskExecution, prepare_run
 from ptm.judgement import judge, parse_task
 from ptm.ledger import Ledger
 from ptm.runtimes.base import ContainerRef, Runtime
+from ptm.signatures import cancel_signer_ok, verify_cancel
 from ptm.siteconfig import SiteConfig
 from ptm.status import State, StatusRecord, utc_now_text
 from ptm.sync import TaskChange, TasksMirror, TaskSnapshot
@@ -203,7 +205,11 @@ class Agent:
             )
         cancel = after.get(CANCEL_FILE)
         if cancel and cancel != before.get(CANCEL_FILE) and not existing.is_final:
-            self._request_cancel(task_id, existing)
+            refused = self._cancel_refusal(task_id, head, existing.submitted_by)
+            if refused is None:
+                self._request_cancel(task_id, existing)
+            else:
+                self._refuse_cancel(existing, refused)
 
     def _folder_at(self, task_id: str, entries: tuple[RawEntry, ...]) -> dict[str, str]:
         """name -> object id of the top entries of a task folder (empty when not one folder)."""
@@ -239,6 +245,16 @@ class Agent:
         verdict = judge(self.mirror, self.config, snapshot)
         decision = verdict.decision
         cancel_now = snapshot.cancel_text is not None
+        if cancel_now and (
+            refused := self._cancel_refusal(task_id, snapshot.commit, decision.submitted_by)
+        ):
+            self.log.warning(
+                "task %s: its cancel.yaml is ignored: %s",
+                task_id,
+                refused,
+                extra={"task": task_id, "decision": "cancel-refused", "reason": refused},
+            )
+            cancel_now = False
         if not decision.for_this_site and verdict.invalid is not None:
             self._refuse_once(
                 f"task {task_id} ignored: it is invalid and does not readably ask for this "
@@ -352,6 +368,30 @@ class Agent:
         )
         with self._lock:
             self._queue.append((task, accepted, None))
+
+    def _cancel_refusal(self, task_id: str, head: str, submitted_by: str | None) -> str | None:
+        """Why a cancel.yaml does not count here (None: it does). With signed tasks required, a
+        cancel must be signed by the task's verified submitter or a trusted canceller."""
+        policy = self.config.policy
+        if not policy.require_signed_tasks or policy.allowed_signers is None:
+            return None
+        checks = verify_cancel(
+            self.mirror.repo, head, task_id, policy.allowed_signers, at=datetime.now(timezone.utc)
+        )
+        return cancel_signer_ok(checks, submitted_by, policy.trusted_cancellers)
+
+    def _refuse_cancel(self, existing: StatusRecord, why: str) -> None:
+        self.log.warning(
+            "task %s: its cancel.yaml is ignored: %s",
+            existing.task,
+            why,
+            extra={"task": existing.task, "decision": "cancel-refused", "reason": why},
+        )
+        self.ledger.record(
+            existing,
+            message=f"{existing.task}: cancel refused at {self.config.site}",
+            note=f"Cancel-Refused: {' '.join(why.split())[:300]}",
+        )
 
     def _request_cancel(self, task_id: str, existing: StatusRecord) -> None:
         with self._lock:

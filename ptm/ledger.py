@@ -173,6 +173,7 @@ class Ledger:
         outputs: Path | None = None,
         message: str | None = None,
         remove_outputs: bool = False,
+        note: str | None = None,
     ) -> str:
         """Commit ``status.yaml`` (and the log and output files, if given) to the journal."""
         folder = result_path(status.task, self.site)
@@ -189,6 +190,8 @@ class Ledger:
         body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"
         if status.reason:
             body += f"\nReason: {' '.join(status.reason.split())[:300]}"
+        if note:
+            body += f"\n{note}"
         with self._lock:
             sha = self._commit(files, paths, replace, subject + body)
             self._known()[status.task] = self.repo.run("rev-parse", f"{sha}:{folder}/{STATUS_FILE}")

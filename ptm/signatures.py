@@ -80,8 +80,39 @@ def commit_label(check: SignatureCheck) -> str:
 
 def task_commits(repo: GitRepo, head: str, task_id: str) -> tuple[PathCommit, ...]:
     """Every commit up to ``head`` that changed ``tasks/<id>/``, evil merges included; newest
-    first, each commit before its parents (``--topo-order``: committer dates do not count)."""
-    return path_commits(repo, head, f"{TASKS_DIR}/{task_id}")
+    first, each commit before its parents (``--topo-order``: committer dates do not count).
+    Commits that changed nothing but ``cancel.yaml`` are left out: a cancel is judged by its
+    own rule (``verify_cancel``), and must not make the task itself untrusted."""
+    listed = path_commits(repo, head, f"{TASKS_DIR}/{task_id}")
+    cancel_only = _cancel_only(repo, head, task_id)
+    return tuple(c for c in listed if c.commit not in cancel_only)
+
+
+def _cancel_only(repo: GitRepo, head: str, task_id: str) -> set[str]:
+    """Commits whose every change below ``tasks/<id>/`` is to ``cancel.yaml``."""
+    out = repo.run(
+        "--literal-pathspecs",
+        "log",
+        "--full-history",
+        "--no-renames",
+        "-m",
+        "--name-only",
+        f"--format={RECORD}%H",
+        "--end-of-options",
+        head,
+        "--",
+        f"{TASKS_DIR}/{task_id}",
+    )
+    names: dict[str, set[str]] = {}
+    current = ""
+    for line in out.split("\n"):
+        if line.startswith(RECORD):
+            current = line[1:].strip()
+            names.setdefault(current, set())
+        elif line and current:
+            names[current].add(line)
+    cancel = f"{TASKS_DIR}/{task_id}/{CANCEL_FILE}"
+    return {sha for sha, paths in names.items() if paths == {cancel}}
 
 
 def path_commits(repo: GitRepo, head: str, path: str) -> tuple[PathCommit, ...]:
