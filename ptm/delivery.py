@@ -367,3 +367,22 @@ def _remove_quietly(sftp: paramiko.SFTPClient, remote: str) -> None:
     # the upload already failed; that error is the one worth reporting
     with suppress(OSError, paramiko.SSHException, EOFError):
         sftp.remove(remote)
+
+
+def check_target(target: SftpTarget) -> str:
+    """For ``ptm agent check``: connect, verify the host key, log in and look at the target's
+    folder, writing nothing. Raises DeliveryError naming the step that failed."""
+    expected = _expected_host_key(target)
+    with (
+        _session(target, expected, _load_client_key(target)) as sftp,
+        _translated(target, f"looking at folder {target.path!r}"),
+    ):
+        try:
+            sftp.stat(target.path)
+            folder = "there"
+        except FileNotFoundError:
+            folder = "not there yet (the first delivery makes it)"
+    return (
+        f"{target.user}@{target.host}:{target.port}: host key {expected.fingerprint} matches, "
+        f"logged in, folder {target.path!r} {folder}"
+    )

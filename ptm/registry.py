@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import shutil
 import tempfile
 import time
@@ -27,12 +28,38 @@ def template_dir() -> Path:
     return Path(str(resources.files("ptm.registry_template")))
 
 
-def ssh_environment(ssh_key: Path | None) -> dict[str, str]:
-    if ssh_key is None:
+def ssh_environment(ssh_key: Path | None, known_hosts: Path | None = None) -> dict[str, str]:
+    """``GIT_SSH_COMMAND`` for a deploy key and/or a pinned known_hosts file ({} for neither).
+
+    It starts from the admin's own ``GIT_SSH_COMMAND`` (else ``ssh``) and adds options, so a
+    ProxyJump or port set there still applies; ``core.sshCommand`` is overridden when ptm sets
+    one (git prefers the variable), so put such settings in ``GIT_SSH_COMMAND`` or
+    ``~/.ssh/config``. Paths are quoted for the shell and for ssh, and ``%`` is doubled (ssh
+    expands ``%`` tokens in IdentityFile and UserKnownHostsFile).
+    """
+    options: list[str] = []
+    if ssh_key is not None:
+        # IdentityFile, not -i: ssh drops an -i path containing % (it checks the raw path).
+        options += ["-o", f'IdentityFile="{_ssh_path(ssh_key)}"', "-o", "IdentitiesOnly=yes"]
+    if known_hosts is not None:
+        # ssh splits UserKnownHostsFile at spaces (it takes a list): quote the one path.
+        options += ["-o", f'UserKnownHostsFile="{_ssh_path(known_hosts)}"']
+        options += ["-o", "StrictHostKeyChecking=yes"]
+    if not options:
         return {}
-    deadlines = GitLimits.from_environment(os.environ).ssh_options()
-    command = f"ssh -i '{ssh_key}' -o IdentitiesOnly=yes -o BatchMode=yes {deadlines}"
+    options += [
+        "-o",
+        "BatchMode=yes",
+        *GitLimits.from_environment(os.environ).ssh_options().split(),
+    ]
+    base = os.environ.get("GIT_SSH_COMMAND") or "ssh"
+    command = " ".join([base, *(shlex.quote(option) for option in options)])
     return {"GIT_SSH_COMMAND": command}
+
+
+def _ssh_path(path: Path) -> str:
+    """A path for an ssh option that expands ``%`` tokens (IdentityFile, UserKnownHostsFile)."""
+    return str(path).replace("%", "%%")
 
 
 def init_registry(

@@ -50,6 +50,7 @@ class RegistrySettings:
     url: str  # a URL, user@host:path, or an absolute local path
     branch: str = "main"
     ssh_key: Path | None = None
+    known_hosts: Path | None = None  # pins the ssh host key (UserKnownHostsFile, strict)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,12 @@ class _Builder:
         elif not _URL.match(url) and not _is_scp_like(url):
             url = str(self.local_path(url))
         branch = section.get("branch", "main")
-        return RegistrySettings(url, branch, self.optional_path(section.get("ssh_key")))
+        return RegistrySettings(
+            url,
+            branch,
+            self.optional_path(section.get("ssh_key")),
+            self.optional_path(section.get("known_hosts")),
+        )
 
     def policy(self, section: Mapping[str, Any]) -> PolicySettings:
         rules = tuple(

@@ -13,12 +13,12 @@ from ptm import __version__, logs
 from ptm.agent import Agent
 from ptm.commands.agent_admin_cmd import add_actions
 from ptm.console import format_table, print_json, say, shorten
-from ptm.errors import ConfigError
+from ptm.errors import PtmError
 from ptm.ledger import Ledger
 from ptm.runtimes import open_runtime
+from ptm.site_checks import CheckResult, run_checks
 from ptm.siteconfig import SiteConfig, load_site_config
-from ptm.sync import TasksMirror
-from ptm.urls import redact_url
+from ptm.urls import redact_text, redact_url
 from ptm.watch import request_stop, run_until_stopped
 from ptm.workdir import WorkDir
 
@@ -113,38 +113,36 @@ def run_once(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    config = load_site_config(args.config)
-    found: dict[str, str] = {"config": f"{args.config}: valid, site {config.site!r}"}
-    mirror = TasksMirror(
-        WorkDir(config.workdir).tasks_clone,
-        url=config.registry.url,
-        branch=config.registry.branch,
-        ssh_key=config.registry.ssh_key,
-    )
-    head = mirror.remote_head()
-    if head is None:
-        raise ConfigError(
-            f"{config.registry.url}: reachable, but has no branch "
-            f"{config.registry.branch!r} (registry.branch)"
-        )
-    found["registry"] = f"{config.registry.url} branch {config.registry.branch} at {head[:12]}"
-    found["docker"] = open_runtime("docker", docker_host=config.runtime.docker_host).ping()
-    signers = config.policy.allowed_signers
-    if signers is not None:
-        found["allowed_signers"] = f"{signers}: {_count_keys(signers)} key(s)"
-    found["workdir"] = str(config.workdir)
+    """Every check, even after one failed; exit 1 when any failed (JSON either way)."""
+    try:
+        config = load_site_config(args.config)
+    except PtmError as exc:
+        results = [CheckResult("config", False, redact_text(str(exc)))]
+        return _report_checks(args, None, results)
+    engine = open_runtime("docker", docker_host=config.runtime.docker_host)
+    valid = CheckResult("config", True, f"{args.config}: valid, site {config.site!r}")
+    return _report_checks(args, config.site, [valid, *run_checks(config, engine_ping=engine.ping)])
+
+
+def _report_checks(args: argparse.Namespace, site: str | None, results: list[CheckResult]) -> int:
+    failed = [r for r in results if not r.ok]
     if args.json:
-        print_json(found)
+        checks = [r.to_document() for r in results]
+        print_json({"site": site, "ok": not failed, "checks": checks})
     else:
-        for key, value in found.items():
-            say(f"{key + ':':17} {value}")
-        say("All checks passed.")
-    return 0
+        for result in results:
+            mark = "ok  " if result.ok else "FAIL"
+            lines = printable(result.detail).splitlines() or [""]
+            say(f"{mark} {result.name + ':':17} {lines[0]}")
+            for line in lines[1:]:
+                say(f"{'':23}{line}")
+        say(f"{len(failed)} of {len(results)} checks failed." if failed else "All checks passed.")
+    return 1 if failed else 0
 
 
-def _count_keys(path: Path) -> int:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
+def printable(text: str) -> str:
+    """Control characters (but newlines) escaped, so a file or host cannot drive a terminal."""
+    return "".join(c if c == "\n" or c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def run_status(args: argparse.Namespace) -> int:
