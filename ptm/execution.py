@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -13,7 +14,7 @@ from ptm.gitrepo import GitRepo
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, STATUS_FILE, Ledger
 from ptm.names import check_name
 from ptm.outputs import OutputReport, collect_outputs
-from ptm.runtimes.base import ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
+from ptm.runtimes.base import DEFAULT_USER, ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
 from ptm.runtimes.base import Mount as RuntimeMount
 from ptm.schema import dump_yaml, load_yaml_file
 from ptm.siteconfig import SiteConfig
@@ -69,6 +70,16 @@ def prepare_run(workdir: WorkDir, task: Task, snapshot: TaskSnapshot, repo: GitR
     return folders
 
 
+def container_user(configured: str) -> str:
+    """The user containers run as: the site's ``runtime.user`` for a root agent; a non-root
+    agent (a ``ptm`` user in the ``docker`` group) runs them as itself, so that the output folder
+    can be its and the container's alone (mode 0700), and its files can be collected and
+    removed afterwards."""
+    if os.geteuid() == 0 or configured != DEFAULT_USER:
+        return configured
+    return f"{os.geteuid()}:{os.getegid()}"
+
+
 def container_spec(task: Task, site: SiteConfig, folders: RunFolders) -> ContainerSpec:
     limits = site.limits
     return ContainerSpec(
@@ -85,7 +96,7 @@ def container_spec(task: Task, site: SiteConfig, folders: RunFolders) -> Contain
         cpus=min(task.cpus or limits.cpus, limits.cpus),
         pids=limits.pids,
         network=site.runtime.network,
-        user=site.runtime.user,
+        user=container_user(site.runtime.user),
         log_bytes=limits.log_bytes,
     )
 

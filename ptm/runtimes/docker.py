@@ -218,14 +218,22 @@ class DockerRuntime:
 
     @staticmethod
     def _open_output(spec: ContainerSpec) -> None:
-        """The container's non-root user must be able to write its output folder."""
+        """The output folder is writable by the container's user only, never by everyone: a
+        root agent hands it to that user (mode 0700); a non-root agent runs containers as
+        itself (see ``execution.container_user``) and keeps it 0700."""
         owner = numeric_user(spec.user)
         try:
             if owner is not None and os.geteuid() == 0:
                 os.chown(spec.output_dir, *owner)
-                spec.output_dir.chmod(0o700)
-            else:
-                spec.output_dir.chmod(0o777)
+            elif owner is None or owner[0] != os.geteuid():
+                raise ContainerError(
+                    f"task {spec.task_id}: this agent runs as uid {os.geteuid()}, not root, so "
+                    f"it cannot give the container's user {spec.user!r} its output folder "
+                    "without making it writable by everyone; leave runtime.user unset (a "
+                    "non-root agent runs containers as itself) or set it to "
+                    f"'{os.geteuid()}:{os.getegid()}'"
+                )
+            spec.output_dir.chmod(0o700)
             spec.config_file.chmod(0o644)
         except OSError as exc:
             raise ContainerError(f"task {spec.task_id}: preparing {exc.filename}: {exc}") from exc
