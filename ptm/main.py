@@ -13,6 +13,7 @@ from pathlib import Path
 from ptm import __version__, logs
 from ptm.commands import COMMANDS, command_module
 from ptm.errors import PtmError
+from ptm.urls import redact_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 NO_GIT = "ptm: error: git was not found on PATH; install git (2.34 or newer) and try again"
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args)
         return result
     except PtmError as exc:
-        print(f"ptm: error: {exc}", file=sys.stderr)
+        print(f"ptm: error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("ptm: interrupted", file=sys.stderr)

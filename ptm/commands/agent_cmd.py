@@ -18,6 +18,7 @@ from ptm.ledger import Ledger
 from ptm.runtimes import open_runtime
 from ptm.site_checks import CheckResult, run_checks
 from ptm.siteconfig import SiteConfig, load_site_config
+from ptm.sync import TasksMirror
 from ptm.urls import redact_text, redact_url
 from ptm.watch import request_stop, run_until_stopped
 from ptm.workdir import WorkDir
@@ -49,7 +50,27 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         if name in {"status", "check", "once"}:
             action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(handler=handler)
+    _register_resume(actions)
     add_actions(actions)
+
+
+def _register_resume(actions: argparse._SubParsersAction[Any]) -> None:
+    resume = actions.add_parser(
+        "resume",
+        help="resume after a tamper halt, once you have looked (recorded, signed)",
+        description="Clear the halt the agent set when the tasks branch was rewritten, after "
+        "you have looked at what changed. Stop the agent first. The agent goes on from where "
+        "the old and the new history meet (or --at COMMIT) and records your decision, signed "
+        "with the site key, on the results branch at its next cycle.",
+    )
+    resume.add_argument(
+        "--config", type=Path, required=True, metavar="FILE", help="the site config (YAML)"
+    )
+    resume.add_argument("--reason", required=True, metavar="TEXT", help="what you found")
+    resume.add_argument("--as", dest="resumed_by", metavar="NAME", help="default: user@host")
+    resume.add_argument("--at", metavar="COMMIT", help="go on from this tasks-branch commit")
+    resume.add_argument("--json", action="store_true", help="print JSON")
+    resume.set_defaults(handler=run_resume)
 
 
 def _agent(config: SiteConfig) -> Agent:
@@ -143,6 +164,35 @@ def _report_checks(args: argparse.Namespace, site: str | None, results: list[Che
 def printable(text: str) -> str:
     """Control characters (but newlines) escaped, so a file or host cannot drive a terminal."""
     return "".join(c if c == "\n" or c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from ptm.resume import resume_after_halt
+
+    config = load_site_config(args.config)
+    workdir = WorkDir(config.workdir)
+    mirror = TasksMirror(
+        workdir.tasks_clone,
+        url=config.registry.url,
+        branch=config.registry.branch,
+        ssh_key=config.registry.ssh_key,
+    )
+    with workdir.locked():
+        record = resume_after_halt(
+            workdir, mirror, reason=args.reason, resumed_by=args.resumed_by, at=args.at
+        )
+    if args.json:
+        print_json(record.__dict__)
+        return 0
+    after = record.processed_after[:12]
+    say(
+        printable(
+            f"Resumed as {record.resumed_by}: the agent goes on from tasks commit {after} "
+            f"(head {record.tasks_head[:12]}). It records this on results/{config.site} at its "
+            "next cycle; start it again (systemctl start ptm-agent@SITE, or ptm agent run)."
+        )
+    )
+    return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
