@@ -71,22 +71,37 @@ class _Wake(FileSystemEventHandler):
 
 class RefsWatcher:
     """Sets ``event`` whenever the registry's ref for ``branch`` is written: the loose ref
-    (git writes ``<ref>.lock``, then renames it) or ``packed-refs``."""
+    (git writes ``<ref>.lock``, then renames it) or ``packed-refs``.
+
+    Only the ref's own folder is watched (not ``refs/heads/results/``, where every site pushes),
+    and the git folder itself for ``packed-refs``. When watching is impossible (inotify limits),
+    ``problem`` says why and the loop polls."""
 
     def __init__(self, registry: Path, branch: str, event: threading.Event) -> None:
         registry = registry.absolute()
         git_dir = registry / ".git" if (registry / ".git").is_dir() else registry
         self._git_dir = git_dir
-        refs = {git_dir / "refs" / "heads" / branch, git_dir / "packed-refs"}
+        self._ref = git_dir / "refs" / "heads" / branch
+        refs = {self._ref, git_dir / "packed-refs"}
         self._observer: Any = Observer()
         self._handler = _Wake(event, frozenset(os.path.normpath(r) for r in refs))
+        self.problem: str | None = None
 
     def __enter__(self) -> RefsWatcher:
-        if (self._git_dir / "refs").is_dir():
-            self._schedule(self._git_dir / "refs", recursive=True)
+        if not (self._git_dir / "refs").is_dir():
+            self.problem = f"{self._git_dir}: no refs folder"
+            return self
+        try:
+            if self._ref.parent.is_dir():
+                self._schedule(self._ref.parent, recursive=False)
+            else:  # the branch's folder appears with its first loose ref
+                self._schedule(self._git_dir / "refs", recursive=True)
             self._schedule(self._git_dir, recursive=False)
             self._observer.daemon = True
             self._observer.start()
+        except OSError as exc:
+            self.problem = f"cannot watch {self._git_dir}: {exc}"
+            self._observer.unschedule_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,6 +143,13 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
         watcher = RefsWatcher(local, registry.branch, agent.wakeup)
     started, failures = False, 0
     with watcher or _NoWatcher():
+        if watcher is not None and watcher.problem:
+            agent.log.warning(
+                "%s; polling every %ss instead",
+                watcher.problem,
+                agent.config.poll_interval,
+                extra={"decision": "polling"},
+            )
         while not stop.is_set():
             woken = agent.wakeup.is_set()
             agent.wakeup.clear()

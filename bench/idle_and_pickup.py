@@ -1,0 +1,197 @@
+"""An idle agent's CPU use and the pickup latency of a pushed task, against their floors.
+
+    python bench/idle_and_pickup.py [--idle 10] [--pickups 3] [--poll 30]
+
+Runs a real ``ptm agent run`` (a subprocess) on a bare local registry (watch mode), lets it idle,
+and reads its CPU time, git children included, from /proc. Then pushes a trivial task (``true``
+in ptm-test/busybox:latest) a few times and takes the time from the end of ``git push`` to the
+container's start event from the engine. The floor is a bare ``docker run`` of the same image,
+from the command to its start event. Needs a Docker engine and the test image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import yaml
+
+from ptm.registry import init_registry
+from ptm.workdir import WorkDir
+
+SITE = "bench-site"
+IMAGE = "ptm-test/busybox:latest"
+FLOOR_KEY = "ptm-bench"
+
+
+class StartEvents:
+    """The engine's container start events, by a label's value: when each container started."""
+
+    def __init__(self, client: docker.DockerClient, label: str) -> None:
+        self._label = label
+        self._stream = client.events(
+            decode=True, filters={"type": "container", "event": "start", "label": label}
+        )
+        self.started: dict[str, float] = {}
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._stream:
+                attributes = event.get("Actor", {}).get("Attributes", {})
+                key = attributes.get(self._label, "")
+                with self._changed:
+                    self.started[key] = event["timeNano"] / 1e9
+                    self._changed.notify_all()
+        except Exception:  # the stream is closed at the end
+            return
+
+    def wait(self, key: str, timeout: float = 60) -> float:
+        with self._changed:
+            if not self._changed.wait_for(lambda: key in self.started, timeout=timeout):
+                raise SystemExit(f"no container start for {key!r} within {timeout} s")
+            return self.started[key]
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def site_config(folder: Path, registry: Path, poll: int) -> Path:
+    document = {
+        "ptm": 1,
+        "site": SITE,
+        "registry": {"url": str(registry)},
+        "workdir": str(folder / "work"),
+        "poll_interval": poll,
+        "policy": {"allowed_images": ["ptm-test/.*:.*"], "require_signed_tasks": False},
+        "runtime": {"pull": "never"},
+    }
+    path = folder / "site.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and of its children it has waited for (each git call)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def push_task(work: Path, task_id: str) -> float:
+    """Commit and push a task for this site; return the wall-clock time the push ended."""
+    task = work / "tasks" / task_id
+    task.mkdir(parents=True)
+    (task / "task.yaml").write_text(f"ptm: 1\nimage: {IMAGE}\nsites: [{SITE}]\ncommand: ['true']\n")
+    for args in (["add", "tasks"], ["commit", "-q", "-m", task_id], ["push", "-q"]):
+        subprocess.run(["git", *args], cwd=work, check=True)
+    return time.time()
+
+
+def final_state(registry: Path, task_id: str) -> bool:
+    ref = f"results/{SITE}:results/{task_id}/{SITE}/status.yaml"
+    done = subprocess.run(["git", "show", ref], cwd=registry, capture_output=True, text=True)
+    return done.returncode == 0 and "state: completed" in done.stdout
+
+
+def floor_pickup(events: StartEvents, n: int) -> float:
+    began = time.time()
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--label",
+            f"{FLOOR_KEY}=floor-{n}",
+            IMAGE,
+            "true",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return events.wait(f"floor-{n}") - began
+
+
+def measure(folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    registry = folder / "registry.git"
+    init_registry(registry, bare=True)
+    work = folder / "researcher"
+    subprocess.run(["git", "clone", "-q", str(registry), str(work)], check=True)
+    client = docker.from_env()
+    tasks = StartEvents(client, "ptm.task")
+    floors = StartEvents(client, FLOOR_KEY)
+    config = site_config(folder, registry, args.poll)
+    with open(folder / "agent.log", "wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "ptm", "agent", "run", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        workdir = WorkDir(folder / "work")
+        wait_until(lambda: workdir.load_state().processed, 60, "the agent's first cycle")
+        time.sleep(1)
+        cpu_before, wall_before = cpu_seconds(agent.pid), time.monotonic()
+        time.sleep(args.idle)
+        idle_cpu = (cpu_seconds(agent.pid) - cpu_before) / (time.monotonic() - wall_before)
+        pickups = []
+        for n in range(args.pickups):
+            task_id = f"pickup-{n}"
+            pushed = push_task(work, task_id)
+            pickups.append(tasks.wait(task_id) - pushed)
+            wait_until(lambda t=task_id: final_state(registry, t), 60, f"{task_id}'s result")
+        floor = [floor_pickup(floors, n) for n in range(args.pickups)]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+        tasks.close()
+        floors.close()
+        for container in client.containers.list(all=True, filters={"label": f"ptm.site={SITE}"}):
+            container.remove(force=True)
+    return {
+        "idle_cpu": idle_cpu,
+        "pickup": statistics.median(pickups),
+        "floor": statistics.median(floor),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idle", type=float, default=10, help="seconds of idling to measure")
+    parser.add_argument("--pickups", type=int, default=3, help="tasks to push, one at a time")
+    parser.add_argument("--poll", type=int, default=30, help="the site's poll_interval")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
+        figures = measure(Path(tmp), args)
+    print(
+        f"idle agent:  {figures['idle_cpu'] * 100:.2f} % of a core over {args.idle:g} s "
+        f"(local registry watched, poll {args.poll:g} s; goal <= 1 %)"
+    )
+    print(
+        f"pickup:      {figures['pickup']:.2f} s push -> container start, median of "
+        f"{args.pickups} (goal about 0.5 s)"
+    )
+    print(f"floor:       {figures['floor']:.2f} s bare 'docker run' -> container start")
+    print(f"ratio:       pickup {figures['pickup'] / figures['floor']:.2f}x the floor")
+
+
+if __name__ == "__main__":
+    main()
