@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -132,7 +133,8 @@ def run(folder: Path, count: int, timeout: float) -> None:
     agents = [make_agent(folder, registry, site) for site in sites]
     stop = threading.Event()
     threads = [
-        threading.Thread(target=run_until_stopped, args=(a, stop), daemon=True) for a in agents
+        threading.Thread(target=run_until_stopped, args=(a, stop), name=a.config.site, daemon=True)
+        for a in agents
     ]
     client = docker.from_env()
     starts = Starts(client)
@@ -154,6 +156,12 @@ def run(folder: Path, count: int, timeout: float) -> None:
             if state in {"completed", "failed", "crashed", "rejected"}:
                 arrived.setdefault(site, now)
     cpu = cpu_seconds() - cpu_before
+    missing = [t for t in threads if t.name not in arrived]
+    frames = sys._current_frames()
+    for thread in missing[:3]:  # where a site that has not delivered is stuck
+        frame = frames.get(thread.ident or -1)
+        stack = "".join(traceback.format_stack(frame)) if frame else "(not running)\n"
+        print(f"--- {thread.name}, alive {thread.is_alive()}:\n{stack}")
     stop.set()
     for thread in threads:
         thread.join(timeout=30)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ptm.errors import CommandFailed, CommandTimedOut
 
@@ -103,31 +106,76 @@ def run_bounded(
         start_new_session=True,
     )
     try:
-        stdout, stderr = _communicate(proc, command, stdin, deadline, timeout)
+        stdout, stderr = _exchange(proc, stdin, lambda: _check(command, deadline, timeout))
+        _wait(proc, lambda: _check(command, deadline, timeout))
     except BaseException:
         _stop(proc)
         raise
+    finally:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     return Completed(proc.returncode, stdout, stderr)
 
 
-def _communicate(
-    proc: subprocess.Popen[bytes],
-    command: list[str],
-    stdin: bytes | None,
-    deadline: float,
-    timeout: float,
+def _check(command: list[str], deadline: float, timeout: float) -> None:
+    stopping = _past(_stop_at)
+    if stopping or time.monotonic() >= deadline:
+        raise CommandTimedOut(command, timeout, stopping=stopping)
+
+
+def _exchange(
+    proc: subprocess.Popen[bytes], stdin: bytes | None, check: Callable[[], None]
 ) -> tuple[bytes, bytes]:
-    pending = stdin
+    """Write ``stdin`` and read stdout and stderr until all are closed, calling ``check``
+    between slices of POLL_SLICE. (Popen.communicate cannot be retried in slices: on a retry it
+    stops writing the rest of its input.)"""
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.fileno(), proc.stderr.fileno()
+    streams: dict[int, IO[bytes]] = {out: proc.stdout, err: proc.stderr}
+    output: dict[int, list[bytes]] = {fd: [] for fd in streams}
+    pending = memoryview(stdin or b"")
+    with selectors.DefaultSelector() as selector:
+        for fd in streams:
+            selector.register(fd, selectors.EVENT_READ)
+        if proc.stdin is not None and pending:
+            streams[proc.stdin.fileno()] = proc.stdin
+            selector.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
+        elif proc.stdin is not None:
+            proc.stdin.close()
+        while selector.get_map():
+            check()
+            for key, _ in selector.select(POLL_SLICE):
+                if key.events & selectors.EVENT_WRITE:
+                    pending = _write_some(key.fd, pending)
+                    done = not pending
+                else:
+                    chunk = os.read(key.fd, 65536)
+                    output[key.fd].append(chunk)
+                    done = not chunk
+                if done:
+                    selector.unregister(key.fd)
+                    streams[key.fd].close()
+    return b"".join(output[out]), b"".join(output[err])
+
+
+def _write_some(fd: int, pending: memoryview) -> memoryview:
+    """Write what the pipe takes without blocking (select said it has room for PIPE_BUF)."""
+    try:
+        written = os.write(fd, pending[: select.PIPE_BUF])
+    except BrokenPipeError:  # the command stopped reading: the rest is not wanted
+        return pending[len(pending) :]
+    return pending[written:]
+
+
+def _wait(proc: subprocess.Popen[bytes], check: Callable[[], None]) -> None:
     while True:
-        stopping = _past(_stop_at)
-        if stopping or time.monotonic() >= deadline:
-            raise CommandTimedOut(command, timeout, stopping=stopping)
+        check()
         try:
-            # communicate() keeps what it read (and what it still has to write) across
-            # timeouts, so calling it again in slices loses nothing.
-            return proc.communicate(pending, timeout=POLL_SLICE)
+            proc.wait(timeout=POLL_SLICE)
+            return
         except subprocess.TimeoutExpired:
-            pending = None
+            continue
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -136,10 +184,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         return
     _signal_group(proc, signal.SIGTERM)
     try:
-        proc.communicate(timeout=TERM_GRACE)
+        proc.wait(timeout=TERM_GRACE)
     except subprocess.TimeoutExpired:
         _signal_group(proc, signal.SIGKILL)
-        proc.communicate()
+        proc.wait()
 
 
 def _signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
