@@ -56,7 +56,7 @@ class SshServer:
         return f"ssh://{self.user}@127.0.0.1:{self.port}/{path}"
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -91,7 +91,7 @@ def running_sshd(folder: Path, authorized_keys: list[str]) -> Iterator[SshServer
     log = folder / "sshd.log"
     process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config), "-E", str(log)])
     try:
-        _wait_for_port(port, process, log)
+        wait_for_port(port, process, log)
         key_line = " ".join(host_key.public_line.split()[:2])
         yield SshServer(port, getpass.getuser(), key_line, folder)
     finally:
