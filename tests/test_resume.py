@@ -52,6 +52,9 @@ def test_resume_clears_the_halt_and_the_agent_goes_on_from_the_merge_base(
     processed = halt_by_rewrite(bare_registry, tmp_path, researcher)
     base = git(bare_registry, "merge-base", processed, "main")
     config = tmp_path / "hospital-a.yaml"
+    capsys.readouterr()
+    assert main(["agent", "status", "--config", str(config)]) == 0
+    assert "ptm agent resume --config" in capsys.readouterr().out
     reason = "looked: the researcher re-submitted after removing 'before'"
     code = main(
         ["agent", "resume", "--config", str(config), "--reason", reason, "--as", "it@hospital-a"]

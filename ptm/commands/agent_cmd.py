@@ -223,6 +223,10 @@ def run_status(args: argparse.Namespace) -> int:
     say(f"site {config.site}; last processed tasks commit {(state.processed or 'none')[:12]}")
     if state.halted:
         say(f"HALTED: {state.halted}")
+        say(
+            "Once you have looked, stop the agent and run: ptm agent resume --config "
+            f"{printable(str(args.config))} --reason TEXT"
+        )
     for warning in state.warnings:
         say(f"WARNING: {warning}")
     if unpushed:
