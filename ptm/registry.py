@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shlex
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ptm import __version__
 from ptm.errors import PtmError, RegistryError
 from ptm.gitrepo import GitLimits, GitRepo, signing_config
-from ptm.schema import load_document
+from ptm.schema import load_document, problems_in
 
 REGISTRY_FILE = "registry.yaml"
 TASKS_DIR = "tasks"
 DEFAULT_BRANCH = "main"
 PUSH_ATTEMPTS = 6
+DISTRIBUTION = "ptm-health-train"
+# Files of the template that name the tasks branch or the ptm the registry's CI installs.
+TEMPLATED_FILES = (
+    REGISTRY_FILE,
+    "README.md",
+    ".github/workflows/ptm-validate.yml",
+    ".gitlab-ci.yml",
+    ".pre-commit-config.yaml",
+)
+_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:/@=<>!~,#\[\]-]{0,299}")
 
 
 def template_dir() -> Path:
@@ -62,35 +75,75 @@ def _ssh_path(path: Path) -> str:
     return str(path).replace("%", "%%")
 
 
+@dataclass(frozen=True)
+class CreatedRegistry:
+    path: Path
+    branch: str
+    signed: bool
+
+
 def init_registry(
-    path: Path, *, bare: bool, branch: str = DEFAULT_BRANCH, sign_key: Path | None = None
-) -> None:
+    path: Path,
+    *,
+    bare: bool,
+    branch: str = DEFAULT_BRANCH,
+    sign_key: Path | None = None,
+    ptm_requirement: str | None = None,
+) -> CreatedRegistry:
     """Create a registry at ``path`` from the template; a bare one gets the template committed.
 
-    The first commit adds the example task, so it is signed like a task when ``sign_key`` (or
-    git's own signing config) allows: ``ptm audit`` then finds nothing unsigned in it.
+    ``registry.yaml``, both CI files and the README name ``branch``; the CI files install
+    ``ptm_requirement`` (default: this ptm's version, pinned). The first commit is signed when
+    ``sign_key`` (or git's own signing config) allows, so that the registry's origin is signed.
     """
     path = path.absolute()
+    values = _template_values(branch, ptm_requirement)
     if path.exists() and any(path.iterdir()):
         raise PtmError(f"{path}: exists and is not empty; a registry needs a new folder")
     path.mkdir(parents=True, exist_ok=True)
     if not bare:
-        _init_worktree(path, branch, sign_key)
-        return
+        repo = _init_worktree(path, branch, sign_key, values)
+        return CreatedRegistry(path, branch, _head_signed(repo))
     GitRepo(path).run("init", "--quiet", "--bare", f"--initial-branch={branch}", str(path))
     with tempfile.TemporaryDirectory(prefix="ptm-init-") as tmp:
         work = Path(tmp) / "work"
         work.mkdir()
-        repo = _init_worktree(work, branch, sign_key)
+        repo = _init_worktree(work, branch, sign_key, values)
         repo.run("push", "--quiet", str(path), f"HEAD:refs/heads/{branch}")
+        return CreatedRegistry(path, branch, _head_signed(repo))
 
 
-def _init_worktree(path: Path, branch: str, sign_key: Path | None) -> GitRepo:
+def _template_values(branch: str, ptm_requirement: str | None) -> dict[str, str]:
+    document = {"ptm": 1, "name": "new registry", "tasks_branch": branch}
+    problems = problems_in(document, "registry", source="--branch")
+    if problems:
+        raise PtmError(f"--branch {branch!r}: not a usable branch name ({problems[0].message})")
+    requirement = ptm_requirement or f"{DISTRIBUTION}=={__version__}"
+    if not _REQUIREMENT.fullmatch(requirement):
+        raise PtmError(
+            f"--ptm-requirement {requirement!r}: expected a pip requirement such as "
+            f"{DISTRIBUTION}=={__version__} or git+https://host/ptm.git@v{__version__}"
+        )
+    return {"@TASKS_BRANCH@": branch, "@PTM_REQUIREMENT@": requirement}
+
+
+def _init_worktree(
+    path: Path, branch: str, sign_key: Path | None, values: dict[str, str]
+) -> GitRepo:
     repo = GitRepo(path)
     repo.run("init", "--quiet", f"--initial-branch={branch}", str(path))
     shutil.copytree(template_dir(), path, dirs_exist_ok=True, ignore=_skip_python_files)
+    for name in TEMPLATED_FILES:
+        text = (path / name).read_text(encoding="utf-8")
+        for marker, value in values.items():
+            text = text.replace(marker, value)
+        (path / name).write_text(text, encoding="utf-8")
     commit(repo, ["."], "Create registry from the ptm template", sign_key=sign_key)
     return repo
+
+
+def _head_signed(repo: GitRepo) -> bool:
+    return "gpgsig" in repo.run("cat-file", "commit", "HEAD")
 
 
 def _skip_python_files(folder: str, names: list[str]) -> set[str]:

@@ -39,7 +39,7 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 FILE_PATH = "(file)"
 TOP_LEVEL = "(top level)"
-SCHEMA_NAMES = ("task", "site", "status", "registry", "cancel")
+SCHEMA_NAMES = ("task", "site", "status", "registry", "cancel", "site-entry")
 
 
 def load_yaml_text(
@@ -147,7 +147,8 @@ def _check_file_info(info: os.stat_result, *, source: str, max_bytes: int) -> No
 
 
 def _refuse_size(source: str, size: int, max_bytes: int, *, unit: str = "bytes") -> None:
-    message = f"is {size} {unit} long; at most {max_bytes} bytes are allowed"
+    shown = f"{size} bytes ({human_bytes(size)})" if unit == "bytes" else f"{size} {unit}"
+    message = f"is {shown} long; at most {max_bytes} bytes ({human_bytes(max_bytes)}) are allowed"
     raise _file_problem(source, "max-bytes", message)
 
 
@@ -352,11 +353,134 @@ def _rule_message(error: ValidationError) -> str:
     # a rule that only applies conditionally (if/then) explains itself in its description
     if "then" in error.schema_path and "description" in schema:
         return str(schema["description"])
-    long_pattern = error.validator == "pattern" and len(str(error.validator_value)) > 80
-    if long_pattern and "description" in schema:  # a 250-character regex explains nothing
-        return f"{_short(error.instance)} does not have the expected form: {schema['description']}"
+    if error.validator == "pattern":
+        return _pattern_message(error.instance, str(error.validator_value), schema)
+    if error.validator in _BOUNDS and _is_number(error.instance):
+        return _bound_message(str(error.validator), error.instance, error.validator_value, schema)
     describe = _MESSAGES.get(str(error.validator))
     return describe(error.instance, error.validator_value) if describe else error.message[:300]
+
+
+def _pattern_message(value: Any, pattern: str, schema: Mapping[str, Any]) -> str:
+    """What a value must look like, in words: a regex tells most people nothing."""
+    accepted = ACCEPTED_FORMS.get(pattern)
+    if accepted is not None:
+        return f"{_short(value)}: {accepted}"
+    if "description" in schema:
+        return f"{_short(value)} does not have the expected form: {schema['description']}"
+    return f"{_short(value)} does not match {pattern}"
+
+
+_BOUNDS = {
+    "minimum": "must be at least",
+    "maximum": "must be at most",
+    "exclusiveMinimum": "must be greater than",
+    "exclusiveMaximum": "must be less than",
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bound_message(rule: str, value: Any, limit: Any, schema: Mapping[str, Any]) -> str:
+    description = str(schema.get("description", "")).lower()
+    if "second" in description and isinstance(limit, int) and limit >= 60:
+        shown = f"{limit} seconds ({human_seconds(limit)})"
+    elif "bytes" in description and isinstance(limit, int) and limit >= 1024:
+        shown = f"{limit} bytes ({human_bytes(limit)})"
+    else:
+        shown = str(limit)
+    return f"{_BOUNDS[rule]} {shown}, found {_short(value)}"
+
+
+def human_bytes(size: int) -> str:
+    """``1048576`` → ``1 MiB``, ``1536`` → ``1.5 KiB``; binary units like ptm's ``512m``."""
+    value, unit = float(size), "bytes"
+    for name in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, name
+    return f"{size} bytes" if unit == "bytes" else f"{value:.4g} {unit}"
+
+
+def human_seconds(seconds: int) -> str:
+    """``604800`` → ``7 days``, ``5400`` → ``1.5 hours``, ``90`` → ``1.5 minutes``."""
+    for name, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            amount = seconds / length
+            shown = f"{amount:.3g}"
+            return f"{shown} {name}" + ("" if shown == "1" else "s")
+    return f"{seconds} second" + ("" if seconds == 1 else "s")
+
+
+_NAME_FORM = "a-z, 0-9, '.', '_', '-'; at most 63, the first a letter or digit"
+# What each schema pattern accepts, in words, keyed by the pattern exactly as the schemas say it
+# (tests/test_schema.py checks that every pattern is explained here or by its description).
+ACCEPTED_FORMS: dict[str, str] = {
+    r"^[1-9][0-9]{0,14}[kKmMgG]?(?!\n)$": (
+        "use a number with an optional unit k, m or g, like 512m"
+    ),
+    r"^[a-z0-9][a-z0-9._-]{0,62}(?!\n)$": f"use a name like hospital-a ({_NAME_FORM})",
+    r"^(?:\*|[a-z0-9][a-z0-9._-]{0,62})(?!\n)$": (
+        f"use a site name like hospital-a ({_NAME_FORM}), or '*' for every site"
+    ),
+    r"^(?![-/.])(?!.*(?:\.\.|//|/\.|@\{|\.lock(?:/|$)|/$|\.$))[A-Za-z0-9._/-]{1,100}(?!\n)$": (
+        "use a branch name of up to 100 of A-Z, a-z, 0-9, '.', '_', '/' and '-', not starting "
+        "with '-', '/' or '.', without '..' or '//', not ending in '/', '.' or '.lock', like main"
+    ),
+    r"^[^\u0000]*$": "must not contain NUL characters",
+    r"^[^\u0000\n\r]*(?!\n)$": "must be one line, without NUL characters",
+    r"^[^\u0000-\u001f]*(?!\n)$": "must be one line, without control characters",
+    r"^[^\u0000-\u001f\u007f]*(?!\n)$": "must be one line, without control characters",
+    r"^(?!-)[^\u0000\n\r]*(?!\n)$": (
+        "use a path or URL on one line that does not start with '-', "
+        "like ssh://git@git.example.org/registry.git"
+    ),
+    r"^[a-z0-9@.-]+ [^\s]+(?: [^\n\r]*)?(?!\n)$": (
+        "use a public key line, key type then key, like 'ssh-ed25519 AAAAC3Nza…'"
+    ),
+    r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}(?!\n)$": (
+        "use a host name or address, like ttp.example.org or 192.0.2.7"
+    ),
+    r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}(?!\n)$": (
+        "use an account name of 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-', like hospital-a"
+    ),
+    r"^[^\s,]{1,256}(?!\n)$": (
+        "use a principal without spaces or commas, as in allowed_signers, like alice@uni.example"
+    ),
+    r"^(?:unix|tcp|ssh|npipe)://[^\s]+(?!\n)$": (
+        "use an engine address starting with unix://, tcp://, ssh:// or npipe://, "
+        "like unix:///var/run/docker.sock"
+    ),
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(?!\n)$": (
+        "use a network name of A-Z, a-z, 0-9, '_', '.' and '-', like ptm-data"
+    ),
+    r"^[0-9]{1,10}(?::[0-9]{1,10})?(?!\n)$": (
+        "use a numeric uid or uid:gid, like 65534 or 1000:1000"
+    ),
+    r"^(?!PTM_)[A-Za-z_][A-Za-z0-9_]*(?!\n)$": (
+        "use a variable name of A-Z, a-z, 0-9 and '_', not starting with a digit or PTM_, "
+        "like SPARQL_ENDPOINT"
+    ),
+    r"^/[^\u0000\n\r:]*(?!\n)$": "use an absolute path without ':' or line breaks, like /data",
+    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):[0-9]{1,5}(?!\n)$": (
+        "use HOST:PORT, like 127.0.0.1:2222 or [::1]:2222"
+    ),
+    r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]{1,9})?Z(?!\n)$": (
+        "use a UTC time, like 2026-11-29T10:00:00Z"
+    ),
+    r"^(?:(?!\.\.?/)[^/\u0000-\u001f\u007f]+/)*(?!\.\.?(?!\n)$)[^/\u0000-\u001f\u007f]+(?!\n)$": (
+        "use a relative path of names separated by '/', without '.', '..' or control "
+        "characters, like output/summary.csv"
+    ),
+    r'^[^\s"]+(?!\n)$': "use a principal without spaces or quotes, like ptm-agent@hospital-a",
+    r"^[0-9a-f]{40}(?:[0-9a-f]{24})?(?!\n)$": "use a full commit id: 40 or 64 of 0-9 and a-f",
+    r"^sha256:[0-9a-f]{64}(?!\n)$": "use sha256: and 64 of 0-9 and a-f",
+    r"^[^@\s]+@sha256:[0-9a-f]{64}(?!\n)$": "use name@sha256: and 64 of 0-9 and a-f",
+    r"^[0-9a-f]{64}(?!\n)$": "use 64 of 0-9 and a-f",
+}
 
 
 def _required_message(error: ValidationError, instance: dict[str, Any]) -> str:
@@ -391,7 +515,6 @@ def _few_items(instance: Any, limit: Any) -> str:
 
 
 _MESSAGES: dict[str, Callable[[Any, Any], str]] = {
-    "pattern": lambda value, pattern: f"{_short(value)} does not match {pattern}",
     "type": _type,
     "uniqueItems": _duplicate,
     "minLength": _too_short,
@@ -400,10 +523,6 @@ _MESSAGES: dict[str, Callable[[Any, Any], str]] = {
     "maxItems": lambda value, limit: f"has {len(value)} entries; at most {limit} allowed",
     "const": lambda value, const: f"must be {json.dumps(const)}, found {_short(value)}",
     "enum": lambda value, options: f"{_short(value)} is not one of {', '.join(map(repr, options))}",
-    "minimum": lambda value, limit: f"must be at least {limit}, found {_short(value)}",
-    "maximum": lambda value, limit: f"must be at most {limit}, found {_short(value)}",
-    "exclusiveMinimum": lambda value, limit: f"must be greater than {limit}, found {_short(value)}",
-    "exclusiveMaximum": lambda value, limit: f"must be less than {limit}, found {_short(value)}",
 }
 
 

@@ -12,8 +12,9 @@ from typing import Any
 from ptm.errors import InvalidDocument, PtmError
 from ptm.gitrepo import GitRepo
 from ptm.names import check_name
-from ptm.registry import TASKS_DIR, commit, push_with_rebase, signing_options
-from ptm.schema import dump_yaml, load_yaml_file, problems_in
+from ptm.registry import REGISTRY_FILE, TASKS_DIR, commit, push_with_rebase, signing_options
+from ptm.registry_sites import load_sites, task_site_problems
+from ptm.schema import dump_yaml, load_document, load_yaml_file, problems_in
 from ptm.task import TASK_FILE
 from ptm.validation import FILES_DIR, problems_in_task_dir
 
@@ -100,6 +101,20 @@ class Submitted:
     signed: bool
 
 
+def check_task(root: Path, task_id: str) -> str:
+    """Raise InvalidDocument unless ``tasks/<id>/`` is valid and names listed sites only."""
+    task_dir = root / TASKS_DIR / task_id
+    source = f"{TASKS_DIR}/{task_id}"
+    check_name(task_id, kind="task id", source=source)
+    if not task_dir.is_dir():
+        raise PtmError(f"{source}: no such task folder; create it with 'ptm task new {task_id}'")
+    problems = problems_in_task_dir(task_dir, source=source)
+    problems += task_site_problems(task_dir, load_sites(root).names)
+    if problems:
+        raise InvalidDocument(problems)
+    return source
+
+
 def submit_task(
     root: Path,
     task_id: str,
@@ -111,14 +126,7 @@ def submit_task(
     on_retry: Callable[[int, str], None] | None = None,
 ) -> Submitted:
     """Validate ``tasks/<id>/``, commit only it (signed when possible) and push to the registry."""
-    task_dir = root / TASKS_DIR / task_id
-    source = f"{TASKS_DIR}/{task_id}"
-    check_name(task_id, kind="task id", source=source)
-    if not task_dir.is_dir():
-        raise PtmError(f"{source}: no such task folder; create it with 'ptm task new {task_id}'")
-    problems = problems_in_task_dir(task_dir, source=source)
-    if problems:
-        raise InvalidDocument(problems)
+    source = check_task(root, task_id)
     repo = GitRepo(root)
     repo.run("fetch", "--quiet", remote, branch)
     if repo.list_tree(f"{remote}/{branch}", f"{source}/{TASK_FILE}"):
@@ -127,3 +135,24 @@ def submit_task(
     sha = commit(repo, [source], message or f"Submit task {task_id}", sign_key=sign_key)
     push_with_rebase(repo, branch, sign_key=sign_key, remote=remote, on_retry=on_retry)
     return Submitted(task_id, repo.run("rev-parse", "HEAD") or sha, branch, signed)
+
+
+def signatures_required(root: Path) -> bool:
+    """Whether the registry says its sites run only signed tasks (``require_signed_tasks``)."""
+    document = load_document(root / REGISTRY_FILE, "registry", source=REGISTRY_FILE)
+    return bool(document.get("require_signed_tasks", False))
+
+
+def refuse_unsigned(root: Path, task_id: str, *, sign_key: Path | None) -> None:
+    """Refuse before anything is committed: an unsigned task would be rejected everywhere and
+    its id used up, since a task a site has acted on can never be submitted again."""
+    if not signatures_required(root) or signing_options(GitRepo(root), sign_key)[1]:
+        return
+    raise PtmError(
+        f"{TASKS_DIR}/{task_id}: not submitted: no signing key is set up, and this registry's "
+        f"sites run only signed tasks ({REGISTRY_FILE}: require_signed_tasks), so every site "
+        "would reject it and the id would be used up. Set up SSH signing once with "
+        "'git config --global gpg.format ssh' and 'git config --global user.signingkey "
+        "~/.ssh/id_ed25519.pub' (or pass --sign-key KEY); to push it unsigned anyway, pass "
+        "--allow-unsigned."
+    )

@@ -238,7 +238,7 @@ def test_rewritten_tasks_branch_halts_the_agent(
     agent.once()
     git(researcher.work, "reset", "-q", "--hard", "HEAD~1")
     sneaky = researcher.work / "tasks" / "sneaky"
-    sneaky.mkdir()
+    sneaky.mkdir(parents=True)
     (sneaky / "task.yaml").write_text("ptm: 1\nimage: ptm-test/busybox:latest\nsites: ['*']\n")
     git(researcher.work, "add", "tasks/sneaky")
     git(researcher.work, "commit", "-q", "-m", "history rewritten under the sites' feet")

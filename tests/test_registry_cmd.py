@@ -16,7 +16,8 @@ def test_init_bare_has_template_on_main(tmp_path: Path) -> None:
     assert git(bare, "rev-parse", "--is-bare-repository") == "true"
     files = git(bare, "ls-tree", "-r", "--name-only", "main").splitlines()
     assert "registry.yaml" in files
-    assert "tasks/example/task.yaml" in files
+    assert "example-task/task.yaml" in files
+    assert not [f for f in files if f.startswith("tasks/")]  # no site would ever run it
     assert ".github/workflows/ptm-validate.yml" in files
     assert ".gitlab-ci.yml" in files
     assert not [f for f in files if f.endswith((".py", ".pyc"))]

@@ -14,9 +14,12 @@ from jsonschema import Draft202012Validator
 
 from ptm.errors import InvalidDocument, Problem
 from ptm.schema import (
+    ACCEPTED_FORMS,
     MAX_DOCUMENT_BYTES,
     SCHEMA_NAMES,
     dump_yaml,
+    human_bytes,
+    human_seconds,
     load_document,
     load_schema,
     load_yaml_file,
@@ -104,6 +107,14 @@ agent: ptm 0.1.0
 
 DESIGN_REGISTRY_YAML = "ptm: 1\nname: Consortium registry\ndescription: Age studies\n"
 DESIGN_CANCEL_YAML = "ptm: 1\nreason: wrong column\nrequested_by: alice@uni.example\n"
+SITE_ENTRY_YAML = """\
+ptm: 1
+name: hospital-a
+contact: research-it@hospital-a.example
+principal: ptm-agent@hospital-a
+public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr5uE2dOI3p/8WdtT2iG4M0IzH8lt0kfKmV9qqmx0sF x
+description: University hospital A
+"""
 
 EXAMPLES = {
     "task": DESIGN_TASK_YAML,
@@ -111,6 +122,7 @@ EXAMPLES = {
     "status": DESIGN_STATUS_YAML,
     "registry": DESIGN_REGISTRY_YAML,
     "cancel": DESIGN_CANCEL_YAML,
+    "site-entry": SITE_ENTRY_YAML,
 }
 
 
@@ -394,6 +406,27 @@ REGISTRY_CASES: list[Case] = [
     ("registry", ("description",), "x" * 2001, "description", "maxLength"),
     ("registry", ("tasks_branch",), 1, "tasks_branch", "type"),
     ("registry", ("tasks_branch",), "main/", "tasks_branch", "pattern"),
+    ("registry", ("require_signed_tasks",), "yes", "require_signed_tasks", "type"),
+]
+
+SITE_ENTRY_CASES: list[Case] = [
+    ("site-entry", WHOLE, "hospital-a", "(top level)", "type"),
+    ("site-entry", ("key",), "x", "(top level)", "additionalProperties"),
+    ("site-entry", ("name",), DELETE, "(top level)", "required"),
+    ("site-entry", ("ptm",), 2, "ptm", "const"),
+    ("site-entry", ("name",), 1, "name", "type"),
+    ("site-entry", ("name",), "Hospital A", "name", "pattern"),
+    ("site-entry", ("contact",), 1, "contact", "type"),
+    ("site-entry", ("contact",), "x" * 401, "contact", "maxLength"),
+    ("site-entry", ("contact",), "a\x1b[2Jb", "contact", "pattern"),
+    ("site-entry", ("principal",), 1, "principal", "type"),
+    ("site-entry", ("principal",), "x" * 201, "principal", "maxLength"),
+    ("site-entry", ("principal",), 'a" b', "principal", "pattern"),
+    ("site-entry", ("public_key",), 1, "public_key", "type"),
+    ("site-entry", ("public_key",), "ssh-ed25519 " + "A" * 16384, "public_key", "maxLength"),
+    ("site-entry", ("public_key",), "ssh-dss AAAA", "public_key", "pattern"),
+    ("site-entry", ("description",), [], "description", "type"),
+    ("site-entry", ("description",), "x" * 2001, "description", "maxLength"),
 ]
 
 CANCEL_CASES: list[Case] = [
@@ -410,6 +443,7 @@ CANCEL_CASES: list[Case] = [
 ]
 
 RULE_CASES = TASK_CASES + SITE_CASES + STATUS_CASES + REGISTRY_CASES + CANCEL_CASES
+RULE_CASES += SITE_ENTRY_CASES
 
 
 def mutated(schema: str, where: tuple[Any, ...], value: Any) -> Any:
@@ -542,10 +576,10 @@ def test_all_problems_are_reported_sorted_by_path_with_readable_messages() -> No
         "tasks/t/task.yaml: (top level): unknown key 'imgae' (did you mean 'image'?) "
         "[additionalProperties]",
         "tasks/t/task.yaml: (top level): missing required key 'image' [required]",
-        "tasks/t/task.yaml: resources.memory: 'lots' does not match "
-        "^[1-9][0-9]{0,14}[kKmMgG]?(?!\\n)$ [pattern]",
-        "tasks/t/task.yaml: sites[1]: '../x' does not match "
-        "^(?:\\*|[a-z0-9][a-z0-9._-]{0,62})(?!\\n)$ [pattern]",
+        "tasks/t/task.yaml: resources.memory: 'lots': use a number with an optional unit k, m "
+        "or g, like 512m [pattern]",
+        "tasks/t/task.yaml: sites[1]: '../x': use a site name like hospital-a (a-z, 0-9, '.', "
+        "'_', '-'; at most 63, the first a letter or digit), or '*' for every site [pattern]",
         "tasks/t/task.yaml: timeout: must be at least 1, found 0 [minimum]",
     ]
 
@@ -562,7 +596,14 @@ def test_all_problems_are_reported_sorted_by_path_with_readable_messages() -> No
         ("task", ("resources", "cpus"), 0, "must be at least 0.01, found 0"),
         ("task", ("description",), "x" * 2001, "is 2001 characters long; at most 2000 allowed"),
         ("site", ("policy", "approval"), "yes", "'yes' is not one of 'auto', 'manual'"),
-        ("site", ("environment", "PTM_X"), "1", "key 'PTM_X' does not match "),
+        ("site", ("environment", "PTM_X"), "1", "key 'PTM_X': use a variable name of A-Z"),
+        ("task", ("resources", "memory"), "1GB", "'1GB': use a number with an optional unit k"),
+        ("site", ("limits", "memory"), "2 GB", "'2 GB': use a number with an optional unit k"),
+        ("task", ("timeout",), 604801, "must be at most 604800 seconds (7 days), found 604801"),
+        ("site", ("poll_interval",), 86401, "must be at most 86400 seconds (1 day), found 86401"),
+        ("site", ("site",), "Hospital-A", "'Hospital-A': use a name like hospital-a (a-z, 0-9"),
+        ("registry", ("tasks_branch",), "main/", "'main/': use a branch name of up to 100"),
+        ("status", ("received_at",), "2026-11-29 10:00", "'2026-11-29 10:00': use a UTC time"),
         ("site", ("sftp_targets", "ttp", "host"), DELETE, "missing required key 'host'"),
         ("status", ("exit_code",), True, "must be a whole number or null, found a boolean (true)"),
     ],
@@ -572,10 +613,30 @@ def test_message_wording(schema: str, where: tuple[Any, ...], value: Any, messag
     assert problem.message.startswith(message)
 
 
+@pytest.mark.parametrize("schema", SCHEMA_NAMES)
+def test_every_pattern_is_explained_in_words(schema: str) -> None:
+    unexplained = [
+        f"{path}: {node['pattern']}"
+        for path, node in _subschemas(load_schema(schema))
+        if "pattern" in node
+        and node["pattern"] not in ACCEPTED_FORMS
+        and not node.get("description")
+    ]
+    assert unexplained == []
+
+
+def test_human_units() -> None:
+    assert human_bytes(104857600) == "100 MiB" and human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(1073741824) == "1 GiB" and human_bytes(10) == "10 bytes"
+    assert human_seconds(604800) == "7 days" and human_seconds(5400) == "1.5 hours"
+    assert human_seconds(60) == "1 minute" and human_seconds(1) == "1 second"
+
+
 def test_long_hostile_values_are_cut_in_messages() -> None:
     (problem,) = problems_in(mutated("task", ("sites",), ["A\x1b" * 150]), "task", source="t")
     assert problem.message.startswith("'A\\x1bA") and "\x1b" not in problem.message
-    assert len(problem.message) < 150
+    value, _, explanation = problem.message.partition(": use ")
+    assert len(value) <= 80 and explanation.startswith("a site name like hospital-a")
 
 
 def test_long_patterns_are_explained_by_their_description() -> None:
@@ -604,8 +665,8 @@ def test_oversized_file_is_refused_from_its_size_before_reading(tmp_path: Path) 
         load_yaml_file(path, source="tasks/big/task.yaml")
     # the size quoted is the file's, from stat: a read would have stopped at the limit + 1
     assert str(caught.value) == (
-        f"tasks/big/task.yaml: (file): is {10 * 1024 * 1024} bytes long; "
-        f"at most {MAX_DOCUMENT_BYTES} bytes are allowed [max-bytes]"
+        f"tasks/big/task.yaml: (file): is {10 * 1024 * 1024} bytes (10 MiB) long; "
+        f"at most {MAX_DOCUMENT_BYTES} bytes (1 MiB) are allowed [max-bytes]"
     )
 
 

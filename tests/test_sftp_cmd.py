@@ -98,13 +98,13 @@ BAD_CONFIGS = [
         "listen: 127.0.0.1:22\nhost_key: k\nroot: r\n"
         "accounts: {Hospital_A: {public_key: PUBLIC_KEY}}\n",
         InvalidDocument,
-        "sftp.yaml: accounts: key 'Hospital_A' does not match",
+        "sftp.yaml: accounts: key 'Hospital_A': use a name like hospital-a",
         id="bad-account-name",
     ),
     pytest.param(
         "listen: 127.0.0.1:22\nhost_key: k\nroot: r\naccounts: {..: {public_key: PUBLIC_KEY}}\n",
         InvalidDocument,
-        "sftp.yaml: accounts: key '..' does not match",
+        "sftp.yaml: accounts: key '..': use a name like hospital-a",
         id="dotdot-account-name",
     ),
     pytest.param(
@@ -123,7 +123,7 @@ BAD_CONFIGS = [
     pytest.param(
         "listen: localhost\nhost_key: k\nroot: r\naccounts: {a: {public_key: PUBLIC_KEY}}\n",
         InvalidDocument,
-        "sftp.yaml: listen: 'localhost' does not match",
+        "sftp.yaml: listen: 'localhost': use HOST:PORT",
         id="listen-without-host",
     ),
     pytest.param(
@@ -255,7 +255,7 @@ def test_serve_with_a_bad_config_exits_1_with_one_message(
     assert stdout == ""
     lines = stderr.splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"ptm: error: {config}: accounts: key 'Bad' does not match")
+    assert lines[0].startswith(f"ptm: error: {config}: accounts: key 'Bad': use a name like")
     assert not (tmp_path / "host_key").exists()
 
 

@@ -18,7 +18,6 @@ from ptm.registry import DEFAULT_BRANCH
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.status import StatusRecord
 from ptm.submission import TaskDraft, submit_task, write_task
-from tests.fixtures_git import git
 
 COMMIT = "3f2c" * 10
 DIGEST = "sha256:" + "ab" * 32
@@ -171,11 +170,11 @@ def test_table_shows_every_task_and_site(
     assert rows[("t1", "hospital-b")] == "rejected"
     assert rows[("t1", "hospital-c")] == "waiting"
     assert rows[("t2", "*")] == "waiting"
-    assert rows[("example", "example-site")] == "waiting"
+    assert not [row for row in rows if row[0] == "example"]  # the template's lives outside tasks/
     rejected = next(line for line in lines if "rejected" in line)
     assert "is not allowed here" in rejected and rejected.endswith("…")
     assert len(rejected) < 140
-    assert "3 tasks, 2 sites with results branches: 1 completed, 1 rejected, 2 waiting" in out
+    assert "2 tasks, 2 sites with results branches: 1 completed, 1 rejected, 1 waiting" in out
 
 
 def test_table_json_shape(federation: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -184,7 +183,7 @@ def test_table_json_shape(federation: Path, capsys: pytest.CaptureFixture[str]) 
     assert document["sites"] == ["hospital-a", "hospital-b"]
     assert document["ignored_branches"] == []
     tasks = {t["task"]: t for t in document["tasks"]}
-    assert set(tasks) == {"example", "t1", "t2"}
+    assert set(tasks) == {"t1", "t2"}
     t1 = tasks["t1"]
     assert t1["sites_requested"] == ["hospital-a", "hospital-b", "hospital-c"]
     assert t1["cancelled"] is False and t1["problem"] is None
@@ -270,9 +269,6 @@ def test_status_of_another_task_in_the_file_is_invalid(
 
 
 def test_empty_registry(registry_clone: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    git(registry_clone, "rm", "-q", "-r", "tasks/example")
-    git(registry_clone, "commit", "-q", "-m", "no example")
-    git(registry_clone, "push", "-q", "origin", "main")
     assert ptm("status", "--registry", str(registry_clone)) == 0
     assert capsys.readouterr().out.strip() == "No tasks in the registry yet."
 
@@ -389,7 +385,7 @@ def test_overview_reads_only_files_that_changed(
     memo = federation / ".git" / "ptm-overview-memo.json"
     assert ptm("status", "--registry", str(federation)) == 0
     readings = json.loads(memo.read_text())["readings"]
-    assert len(readings) == 3 + 2  # three task.yaml, two status.yaml
+    assert len(readings) == 2 + 2  # two task.yaml, two status.yaml
     trace = tmp_path / "trace.txt"
     monkeypatch.setenv("GIT_TRACE", str(trace))
     assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
@@ -405,11 +401,11 @@ def test_overview_reads_only_files_that_changed(
     row = next(line for line in capsys.readouterr().out.splitlines() if "hospital-b" in line)
     assert row.split() == ["t1", "hospital-b", "denied", "not", "approved"]
     document = json.loads(memo.read_text())
-    assert len(document["readings"]) == 5  # the old status is forgotten
+    assert len(document["readings"]) == 4  # the old status is forgotten
     assert len(document["listings"]) == 1 + 2  # the tasks branch and two results branches
     memo.write_text("{not json")
     assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
-    assert "1 completed, 1 denied, 2 waiting" in capsys.readouterr().out
+    assert "1 completed, 1 denied, 1 waiting" in capsys.readouterr().out
     assert json.loads(memo.read_text())["format"] == 2
 
 

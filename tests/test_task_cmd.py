@@ -58,7 +58,8 @@ def test_new_writes_valid_task(registry_clone: Path, tmp_path: Path) -> None:
 
 
 def test_new_refuses_existing_id(registry_clone: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert new_task(registry_clone, "example") == 1
+    assert new_task(registry_clone, "first") == 0
+    assert new_task(registry_clone, "first") == 1
     assert "exists already" in capsys.readouterr().err
 
 
@@ -66,10 +67,10 @@ def test_new_refuses_existing_id(registry_clone: Path, capsys: pytest.CaptureFix
 def test_new_refuses_hostile_ids(
     registry_clone: Path, bad_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = sorted(p.name for p in (registry_clone / "tasks").iterdir())
+    (registry_clone / "tasks").mkdir()
     assert new_task(registry_clone, bad_id) == 1
     assert "task id" in capsys.readouterr().err
-    assert sorted(p.name for p in (registry_clone / "tasks").iterdir()) == before
+    assert list((registry_clone / "tasks").iterdir()) == []
     assert not (registry_clone.parent / "x").exists()
 
 
@@ -134,7 +135,33 @@ def test_submit_uses_gits_own_signing_config(
     assert shown == "G alice@uni.example"
 
 
-def test_submit_unsigned_warns(registry_clone: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit_refuses_unsigned_when_the_registry_requires_signatures(
+    bare_registry: Path, registry_clone: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "require_signed_tasks: true" in (registry_clone / "registry.yaml").read_text()
+    assert new_task(registry_clone, "t1") == 0
+    assert main(["task", "submit", "t1", "--registry", str(registry_clone)]) == 1
+    err = capsys.readouterr().err
+    assert "not submitted" in err and "require_signed_tasks" in err
+    assert "git config --global gpg.format ssh" in err and "--allow-unsigned" in err
+    assert git(bare_registry, "ls-tree", "-r", "--name-only", "main", "tasks/") == ""
+    assert git(registry_clone, "status", "--porcelain") == "?? tasks/"
+    # the id is not used up: signing set up, the same task goes through
+    assert (
+        main(["task", "submit", "t1", "--allow-unsigned", "--registry", str(registry_clone)]) == 0
+    )
+    assert "not signed" in capsys.readouterr().err
+    assert (
+        git(bare_registry, "ls-tree", "-r", "--name-only", "main", "tasks/") == "tasks/t1/task.yaml"
+    )
+
+
+def test_submit_unsigned_only_warns_when_the_registry_does_not_require_signatures(
+    registry_clone: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry_yaml = registry_clone / "registry.yaml"
+    registry_yaml.write_text(registry_yaml.read_text().replace("tasks: true", "tasks: false"))
+    git(registry_clone, "commit", "-q", "-am", "sites accept unsigned tasks")
     assert new_task(registry_clone, "t1") == 0
     assert main(["task", "submit", "t1", "--registry", str(registry_clone)]) == 0
     assert "not signed" in capsys.readouterr().err
@@ -143,7 +170,9 @@ def test_submit_unsigned_warns(registry_clone: Path, capsys: pytest.CaptureFixtu
 def test_submit_commits_only_the_task(bare_registry: Path, registry_clone: Path) -> None:
     (registry_clone / "README.md").write_text("local scribbles\n")
     assert new_task(registry_clone, "t1") == 0
-    assert main(["task", "submit", "t1", "--registry", str(registry_clone)]) == 0
+    assert (
+        main(["task", "submit", "t1", "--allow-unsigned", "--registry", str(registry_clone)]) == 0
+    )
     changed = git(bare_registry, "show", "--name-only", "--format=", "main").splitlines()
     assert changed == ["tasks/t1/task.yaml"]
 
@@ -163,7 +192,7 @@ def test_submit_refuses_invalid_task(
     registry_clone: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     task_dir = registry_clone / "tasks" / "broken"
-    task_dir.mkdir()
+    task_dir.mkdir(parents=True)
     (task_dir / "task.yaml").write_text("ptm: 1\nimage: x:1\nsites: [a]\nimgae: typo\n")
     head = git(registry_clone, "rev-parse", "HEAD")
     assert main(["task", "submit", "broken", "--registry", str(registry_clone)]) == 1

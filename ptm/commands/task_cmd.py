@@ -9,7 +9,14 @@ from typing import Any
 
 from ptm.console import print_json, say, warn
 from ptm.registry import find_registry_root, tasks_branch
-from ptm.submission import TaskDraft, load_config_file, submit_task, write_task
+from ptm.submission import (
+    TaskDraft,
+    check_task,
+    load_config_file,
+    refuse_unsigned,
+    submit_task,
+    write_task,
+)
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -74,8 +81,13 @@ def _register_submit(actions: argparse._SubParsersAction[Any]) -> None:
         "signing key (git's gpg.format=ssh and user.signingkey, or --sign-key), and push it "
         "to the registry's tasks branch. If someone pushed first, ptm rebases and retries.",
     )
-    submit.add_argument("task_id", metavar="ID")
+    submit.add_argument("task_id", metavar="ID", help="the task folder tasks/ID/ to submit")
     submit.add_argument("--sign-key", type=Path, metavar="KEY", help="SSH private key to sign with")
+    submit.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="push without a signature even though registry.yaml says its sites require one",
+    )
     submit.add_argument("--remote", default="origin", help="git remote of the registry")
     submit.add_argument("--json", action="store_true", help="print the result as JSON")
     _registry_option(submit)
@@ -105,6 +117,9 @@ def run_new(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     root = find_registry_root(args.registry)
+    check_task(root, args.task_id)  # a broken task says so before a missing key does
+    if not args.allow_unsigned:
+        refuse_unsigned(root, args.task_id, sign_key=args.sign_key)
     submitted = submit_task(
         root,
         args.task_id,
