@@ -26,8 +26,9 @@ from ptm.examples import images, synthetic
 from ptm.examples.central import Federation
 from ptm.examples.federated_mean import IMAGE, MeanResult, run_federated_mean
 from ptm.examples.pooled import pooled_mean
+from ptm.gitrepo import GitRepo
 from ptm.process import run
-from ptm.registry import DEFAULT_BRANCH, init_registry
+from ptm.registry import DEFAULT_BRANCH, commit, init_registry, push_with_rebase
 from ptm.registry import clone as clone_registry
 from ptm.runtimes import open_runtime
 from ptm.siteconfig import load_site_config
@@ -37,6 +38,7 @@ SITES = ("hospital-a", "hospital-b", "hospital-c")
 RESEARCHER = "researcher@demo.example"
 TASK_ID = "mean-age"
 COLUMN = "age"
+CONFIG_FILE = "config.yaml"
 ENGINE_HINT = (
     "On a Debian machine, ptm's source tree starts a private engine with 'scripts/engine start' "
     "(then export the DOCKER_HOST line it prints), or run 'scripts/demo', which does everything."
@@ -76,7 +78,8 @@ def run_demo(folder: Path, *, say: Callable[[str], None], timeout: float = 300) 
     configs = [_site_config(folder, site, registry, signers, data[site].parent) for site in SITES]
     say("Sites: " + ", ".join(f"{s} ({_rows(data[s])} patients)" for s in SITES))
     clone = folder / "researcher"
-    clone_registry(str(registry), clone, branch=DEFAULT_BRANCH)
+    _researcher_clone(registry, clone, researcher_key)
+    _list_sites(clone, folder / "keys", researcher_key)
     with _agents(configs):
         say(f"Agents started. Submitting task {TASK_ID!r} as {RESEARCHER} (signed) …")
         federation = Federation(
@@ -89,6 +92,41 @@ def run_demo(folder: Path, *, say: Callable[[str], None], timeout: float = 300) 
         result = run_federated_mean(federation, column=COLUMN, task_id=TASK_ID)
     pooled = pooled_mean([data[s] for s in SITES], COLUMN)
     return DemoOutcome(folder, registry, clone, result, pooled)
+
+
+def _researcher_clone(registry: Path, clone: Path, key: Path) -> None:
+    """The researcher's clone, set up as the README's walk-through expects: it signs commits
+    with the researcher's key and holds the task's config.yaml (kept out of git status)."""
+    repo = clone_registry(str(registry), clone, branch=DEFAULT_BRANCH)
+    settings = {
+        "user.name": "Demo Researcher",
+        "user.email": RESEARCHER,
+        "gpg.format": "ssh",
+        "user.signingkey": str(key),
+        "commit.gpgsign": "true",
+        "gpg.ssh.allowedSignersFile": str(clone.parent / "allowed_signers"),
+    }
+    for name, value in settings.items():
+        repo.run("config", name, value)
+    (clone / CONFIG_FILE).write_text(f"column: {COLUMN}\n", encoding="utf-8")
+    with (clone / ".git" / "info" / "exclude").open("a", encoding="utf-8") as exclude:
+        exclude.write(f"/{CONFIG_FILE}\n/results/\n")
+
+
+def _list_sites(clone: Path, keys: Path, researcher_key: Path) -> None:
+    """sites/<site>.yaml for each hospital, with the key that signs its results."""
+    for site in SITES:
+        document = {
+            "ptm": 1,
+            "name": site,
+            "contact": f"research-it@{site}.example",
+            "principal": f"ptm-agent@{site}",
+            "public_key": _public(keys / site),
+        }
+        (clone / "sites" / f"{site}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    repo = GitRepo(clone)
+    commit(repo, ["sites"], "List the demo's three sites", sign_key=researcher_key)
+    push_with_rebase(repo, DEFAULT_BRANCH, sign_key=researcher_key)
 
 
 @contextmanager

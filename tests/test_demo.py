@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_git import git
+from tests.readme_session import assert_shown_in, blocks, run_step, section, sessions
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
@@ -25,16 +27,36 @@ def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 @pytest.mark.docker
-def test_demo_runs_a_whole_federation(tmp_path: Path, docker_client: object) -> None:
+def test_demo_then_the_readmes_walk_throughs_verbatim(
+    tmp_path: Path, docker_client: object
+) -> None:
+    """The demo, then the README's researcher and auditor sessions run in its folder, in order."""
     folder = tmp_path / "demo"
     done = run_demo("--folder", str(folder))
     assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
-    for site in ("hospital-a", "hospital-b", "hospital-c"):
+    check_demo_output(done.stdout, folder)
+    check_demo_registry(folder)
+    clone = walk(section("### Write, check and submit a task"), folder, folder, broken_task=True)
+    assert clone == folder / "researcher"
+    walk(section("### Follow it, collect the results, go again"), clone, folder)
+    walk(section("## For auditors"), clone, folder)
+    plain_git(section("## For auditors"), clone)
+    assert git(clone, "status", "--porcelain") == ""  # config.yaml and results/ stay out of git
+
+
+def check_demo_output(out: str, folder: Path) -> None:
+    for site in SITES:
         assert f"mean-age  {site}" in out and "completed" in out
     combined = next(line for line in out.splitlines() if line.startswith("combined"))
     assert combined.split()[1] == "711"
     assert "(difference 0.00e+00)" in out
+    (shown,) = [b for b in blocks(section("## See it work")) if b[0] == "$ scripts/demo"]
+    until = next(i for i, line in enumerate(shown) if line.startswith("The agents stopped"))
+    assert_shown_in(tuple(line for line in shown[2:until]), out, folder)
+    assert f"cd {folder}/researcher" in out and "ptm agent once --config ../sites/" in out
+
+
+def check_demo_registry(folder: Path) -> None:
     registry = folder / "registry.git"
     signers = folder / "allowed_signers"
     task_signature = git(
@@ -52,30 +74,46 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, docker_client: object) -> 
     branches = git(registry, "branch", "--list", "results/*").split()
     assert branches == ["results/hospital-a", "results/hospital-b", "results/hospital-c"]
     assert "gpgsig" in git(registry, "cat-file", "-p", "results/hospital-a")
-    auditor = tmp_path / "auditor_signers"
-    site_keys = [(f"ptm-agent@{s}", folder / "keys" / f"{s}.pub") for s in SITES]
-    lines = [signers.read_text()] + [
-        f'{who} namespaces="git" {key.read_text().split()[0]} {key.read_text().split()[1]}\n'
-        for who, key in site_keys
-    ]
-    auditor.write_text("".join(lines))
-    audit = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ptm",
-            "audit",
-            "--registry",
-            str(folder / "researcher"),
-            "--allowed-signers",
-            str(auditor),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "0 finding(s)" in audit.stdout
+    listed = git(registry, "ls-tree", "--name-only", "main", "sites/").split()
+    assert listed == ["sites/README.md", *(f"sites/{s}.yaml" for s in SITES)]
+    clone = folder / "researcher"
+    assert git(clone, "config", "gpg.format") == "ssh"
+    assert git(clone, "config", "user.signingkey") == str(folder / "keys" / "researcher")
+    assert (clone / "config.yaml").read_text() == "column: age\n"
+
+
+def walk(text: str, cwd: Path, folder: Path, *, broken_task: bool = False) -> Path:
+    """Run each ``$`` command of ``text`` in order; what the README shows must be printed."""
+    for step in sessions(text):
+        if broken_task and step.command == "ptm validate tasks/broken":
+            broken = cwd / "tasks" / "broken"
+            broken.mkdir(parents=True)
+            (broken / "task.yaml").write_text(
+                "ptm: 1\nimgae: x:1\nsites: [hospital-a]\nresources: {memory: 1GB}\n"
+            )
+        cwd, done = run_step(step, cwd, folder)
+        expected_code = 1 if "broken" in step.command else 0
+        assert done.returncode == expected_code, f"{step.command}\n{done.stdout}{done.stderr}"
+        assert_shown_in(step.shown, done.stderr + done.stdout, folder)  # progress on stderr
+        if broken_task and step.command == "ptm validate tasks/broken":
+            shutil.rmtree(cwd / "tasks" / "broken")
+    return cwd
+
+
+def plain_git(text: str, clone: Path) -> None:
+    """The plain-git recipes work as written: every signature they show is good."""
+    (recipe,) = blocks(text, language="sh")
+    printed = []
+    for line in recipe:
+        done = subprocess.run(
+            ["bash", "-c", line], cwd=clone, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, f"{line}\n{done.stdout}{done.stderr}"
+        printed.append(done.stdout)
+    assert 'Good "git" signature for researcher@demo.example' in printed[1]
+    assert 'Good "git" signature for ptm-agent@hospital-a' in printed[3]
+    assert "No signature" not in printed[1] + printed[3]
+    assert "state: completed" in printed[4]
 
 
 def test_demo_without_docker_says_so_in_one_line(tmp_path: Path) -> None:

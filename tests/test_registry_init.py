@@ -15,6 +15,7 @@ from ptm.main import main
 from ptm.submission import TaskDraft, submit_task, write_task
 from tests.agent_support import TEST_IMAGE, remote_status, write_site_config
 from tests.fixtures_git import SigningKey, git
+from tests.readme_session import Step, run_step, section, sessions
 
 BRANCH = "studies/v1"
 CI_FILES = (".github/workflows/ptm-validate.yml", ".gitlab-ci.yml")
@@ -153,3 +154,27 @@ def test_a_registry_on_another_branch_works_end_to_end(
         done = shell(command, work)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "registry is valid" in done.stdout
+
+
+def test_the_readmes_maintainer_session_works_as_written(
+    tmp_path: Path, isolated_home: Path
+) -> None:
+    init_step, validate_step = sessions(section("## For registry maintainers"))
+    key = isolated_home / ".ssh" / "id_ed25519"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    here = str(tmp_path)
+    command = init_step.command.replace("/srv/git", here)
+    _, done = run_step(Step(command, ()), tmp_path, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [line.replace("/srv/git", here) for line in init_step.shown]
+    assert done.stderr == ""  # signed: nothing to warn about
+    work = tmp_path / "my-registry"
+    subprocess.run(["git", "clone", "-q", str(tmp_path / "consortium.git"), str(work)], check=True)
+    (work / "sites").mkdir(exist_ok=True)
+    for site in ("hospital-a", "hospital-b"):
+        (work / "sites" / f"{site}.yaml").write_text(f"ptm: 1\nname: {site}\n")
+    write_task(work, TaskDraft("typo", TEST_IMAGE, ("hosptial-b",)))
+    _, done = run_step(validate_step, work, tmp_path)
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == list(validate_step.shown)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,17 +75,38 @@ def _report(outcome: DemoOutcome) -> None:
     say("")
     say("ptm status:")
     say(overview_text(Registry.open(outcome.researcher_clone).overview()))
-    clone, registry = outcome.researcher_clone, outcome.registry
+    _next_steps(outcome)
+
+
+def _next_steps(outcome: DemoOutcome) -> None:
+    folder, clone = outcome.folder, outcome.researcher_clone
     say("")
-    say(f"Everything is in {outcome.folder}. Look around:")
+    say(f"Everything is in {folder}:")
+    say(f"  {clone}   the researcher's clone: signs with keys/researcher, holds config.yaml")
+    say(f"  {outcome.registry}   the registry (bare); sites/ in it lists the three sites")
+    say(f"  {folder}/sites/<site>.yaml   each site's agent config (work dir next to it)")
+    say(f"  {folder}/keys/   researcher (signs tasks), hospital-* (sign results); .pub beside")
+    say(f"  {folder}/allowed_signers   the researcher's key, as the sites trust it")
+    say("The agents stopped with the demo. Go on as the README's 'For researchers' shows:")
     say(f"  cd {clone}")
-    signers = outcome.folder / "allowed_signers"
-    say(
-        f"  git -c gpg.ssh.allowedSignersFile={signers} log --show-signature -1 main"
-        "   # the researcher's signed task"
-    )
-    say("  git fetch origin 'refs/heads/results/*:refs/remotes/origin/results/*'")
-    say("  git log --format='%h %s' origin/results/hospital-a   # one site's ledger")
-    say(f"  ptm status {result.task_id} --registry {clone}")
-    say(f"  ls {outcome.folder}/sites   # each site's config, work dir and keys")
-    say(f"Remove it with: rm -rf {outcome.folder}  (registry: {registry})")
+    say("  ptm task new mean-age-2 --image ptm-examples/federated-mean:latest --site hospital-a \\")
+    say("      --site hospital-b --site hospital-c --config config.yaml --timeout 120")
+    say("  ptm task submit mean-age-2")
+    say("  for site in hospital-a hospital-b hospital-c; do")
+    say("      ptm agent once --config ../sites/$site.yaml; done   # each site runs one cycle")
+    say("  ptm results mean-age-2 --out results")
+    path_hint = _path_hint()
+    if path_hint:
+        say(path_hint)
+    say(f"Remove it all with: rm -rf {folder}")
+
+
+def _path_hint() -> str | None:
+    """How to reach this ptm by name, when the shell would not find it (or another one)."""
+    here = Path(sys.executable).parent
+    found = shutil.which("ptm")
+    if found is not None and Path(found).parent.resolve() == here.resolve():
+        return None
+    activate = here / "activate"
+    how = f". {activate}" if activate.is_file() else f'export PATH="{here}:$PATH"'
+    return f"This ptm is not the one on your PATH; first run: {how}"
