@@ -126,6 +126,17 @@ def push_commit(clone: Path, sha: str, ref: str = "refs/heads/main") -> None:
     _git(clone, "push", "-q", "--force", "origin", f"{sha}:{ref}")
 
 
+def tasks_tree(clone: Path, base: str) -> str:
+    """The ``tasks/`` tree of ``base``, or an empty tree when it has none (a new registry)."""
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{base}:tasks"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+    )
+    return found.stdout.strip() if found.returncode == 0 else tree(clone, [])
+
+
 def graft_task(
     clone: Path,
     name: bytes,
@@ -138,8 +149,7 @@ def graft_task(
     """A commit on ``base`` whose ``tasks/`` tree has ``new`` in place of entries ``name``."""
     _git(clone, "fetch", "-q", "origin")
     root = f"{base}^{{tree}}"
-    tasks = _git(clone, "rev-parse", f"{base}:tasks")
-    new_tasks = replace_entries(clone, tasks, name, new)
+    new_tasks = replace_entries(clone, tasks_tree(clone, base), name, new)
     new_root = replace_entries(clone, root, b"tasks", [(TREE, b"tasks", new_tasks)])
     parent = _git(clone, "rev-parse", base)
     return commit(clone, new_root, [parent], message, sign_key=sign_key)

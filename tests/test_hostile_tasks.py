@@ -248,7 +248,7 @@ def test_a_broken_tasks_folder_waits_for_a_repair(
     researcher = Researcher(bare_registry, tmp_path / "researcher")
     clone = researcher.work
     git(clone, "fetch", "-q", "origin")
-    tasks = git(clone, "rev-parse", "origin/main:tasks")
+    tasks = crafted.tasks_tree(clone, "origin/main")
     root = crafted.replace_entries(
         clone, "origin/main^{tree}", b"tasks", [(TREE, b"tasks", tasks), (TREE, b"tasks", tasks)]
     )
