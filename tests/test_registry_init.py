@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ptm import __version__
-from ptm.main import main
+from ptm.commands import COMMANDS
+from ptm.main import build_parser, main
 from ptm.submission import TaskDraft, submit_task, write_task
 from tests.agent_support import TEST_IMAGE, remote_status, write_site_config
 from tests.fixtures_git import SigningKey, git
@@ -178,3 +181,20 @@ def test_the_readmes_maintainer_session_works_as_written(
     _, done = run_step(validate_step, work, tmp_path)
     assert done.returncode == 1
     assert done.stdout.splitlines() == list(validate_step.shown)
+
+
+def every_positional(parser: argparse.ArgumentParser, name: str) -> Iterator[tuple[str, str]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from every_positional(subparser, f"{name} {sub}")
+        elif not action.option_strings:
+            yield f"{name} {action.dest}", action.help or ""
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_positional_argument_says_what_it_is(command: str) -> None:
+    parser = build_parser(command)
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [where for where, text in every_positional(commands.choices[command], "") if not text]
+    assert missing == []

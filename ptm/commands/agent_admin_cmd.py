@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ptm.console import format_table, print_json, say
-from ptm.decisions import Verdict, drop_decision, held_dir, make_decision
-from ptm.errors import PtmError
+from ptm.decisions import (
+    AdminDecision,
+    Verdict,
+    drop_decision,
+    held_dir,
+    make_decision,
+    pending_decisions,
+)
+from ptm.errors import InvalidDocument, PtmError
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, Ledger
+from ptm.schema import dump_yaml, load_yaml_text
 from ptm.siteconfig import SiteConfig, load_site_config
 from ptm.status import StatusRecord
 from ptm.sync import TasksMirror
@@ -30,11 +39,11 @@ def add_actions(actions: argparse._SubParsersAction[Any]) -> None:
     pending.set_defaults(handler=run_pending)
     review = actions.add_parser(
         "review",
-        help="list the held output files of a finished task, with sizes",
+        help="list the output files a finished task holds for release, with sizes",
         description="Show what would leave the site if you release TASK: its output files "
         "with sizes and its log size. The files are in the folder printed; open them there.",
     )
-    review.add_argument("task_id", metavar="TASK")
+    review.add_argument("task_id", metavar="TASK", help="a finished task held for release")
     _config_option(review)
     review.add_argument("--json", action="store_true", help="print JSON")
     review.set_defaults(handler=run_review)
@@ -52,7 +61,7 @@ def add_actions(actions: argparse._SubParsersAction[Any]) -> None:
             + ". The agent records the decision on the results branch "
             "(signed with the site key) at its next cycle.",
         )
-        action.add_argument("task_id", metavar="TASK")
+        action.add_argument("task_id", metavar="TASK", help="the task to decide on")
         _config_option(action)
         action.add_argument(
             "--reason",
@@ -96,33 +105,64 @@ def run_pending(args: argparse.Namespace) -> int:
         branch=config.registry.branch,
         ssh_key=config.registry.ssh_key,
     )
+    queued = {d.task_id: d for d in pending_decisions(WorkDir(config.workdir))}
     with tempfile.TemporaryDirectory(prefix="ptm-pending-") as scratch:
-        details = [_pending_detail(r, mirror, Path(scratch)) for r in waiting]
+        details = [_pending_detail(r, mirror, Path(scratch), queued) for r in waiting]
     if args.json:
         print_json(details)
         return 0
     if not details:
         say("Nothing waits for a decision.")
     for item in details:
-        say(f"{item['task']}: {item['state']}")
-        for key in ("image", "submitted_by", "task_commit"):
-            say(f"  {key}: {item[key]}")
-        say("  config: " + (item["config"].strip().replace("\n", "\n          ") or "(none)"))
-        say("  files: " + (", ".join(item["files"]) or "(none)"))
+        say("\n".join(_pending_lines(item)))
     return 0
 
 
-def _pending_detail(record: StatusRecord, mirror: TasksMirror, scratch: Path) -> dict[str, Any]:
+def _pending_lines(item: dict[str, Any]) -> list[str]:
+    waits_for = {"awaiting_approval": "approval to run", "reviewing": "release of its results"}
+    lines = [f"{item['task']}: {item['state']} (waits for {waits_for[item['state']]})"]
+    lines += [f"  {key:<13}{item[key]}" for key in ("image", "submitted_by", "task_commit")]
+    config = item["config"]
+    shown = dump_yaml(config).strip() if isinstance(config, dict) else str(config)
+    lines.append("  config       " + shown.replace("\n", "\n               "))
+    lines.append("  input files  " + (", ".join(item["files"]) or "(none)"))
+    decision = item["queued_decision"]
+    if decision is not None:
+        reason = f": {decision['reason']}" if decision["reason"] else ""
+        lines.append(
+            f"  queued       {decision['verdict']} by {decision['decided_by']} at "
+            f"{decision['decided_at']}{reason} (the agent records it at its next cycle)"
+        )
+    return lines
+
+
+def _pending_detail(
+    record: StatusRecord, mirror: TasksMirror, scratch: Path, queued: dict[str, AdminDecision]
+) -> dict[str, Any]:
     snapshot = mirror.snapshot_at(record.task, record.task_commit)
+    decision = queued.get(record.task)
     return {
         "task": record.task,
         "state": record.state,
         "image": record.image,
         "submitted_by": record.submitted_by or "(signature not checked)",
         "task_commit": record.task_commit,
-        "config": (snapshot.task_text or b"").decode("utf-8", "replace"),
+        "config": _task_config(snapshot.task_text, record.task),
         "files": list(snapshot.file_names),
+        "queued_decision": asdict(decision) if decision is not None else None,
     }
+
+
+def _task_config(task_text: bytes | None, task_id: str) -> dict[str, Any] | str | None:
+    """The task's ``config`` (what the container reads), not the whole task.yaml."""
+    if task_text is None:
+        return None
+    try:
+        document = load_yaml_text(task_text, source=f"tasks/{task_id}/task.yaml")
+    except InvalidDocument as exc:
+        return f"(task.yaml unreadable: {exc.problems[0].message})"
+    config = document.get("config")
+    return config if isinstance(config, dict) else None
 
 
 def run_review(args: argparse.Namespace) -> int:
@@ -152,10 +192,11 @@ def run_review(args: argparse.Namespace) -> int:
         )
         return 0
     say(f"Held results of {args.task_id} in {held}:")
-    say(format_table(("FILE", "BYTES"), [*files, (LOG_FILE, log_bytes)]))
+    say(format_table(("OUTPUT FILE", "BYTES"), [*files, (LOG_FILE, log_bytes)]))
+    total = sum(b for _, b in files)
     say(
-        f"Total {sum(b for _, b in files) + log_bytes} bytes in {len(files) + 1} files. "
-        f"Release with: ptm agent release {args.task_id} --config {args.config}"
+        f"{len(files)} output files ({total} bytes) and the log ({log_bytes} bytes) would leave "
+        f"the site. Release with: ptm agent release {args.task_id} --config {args.config}"
     )
     return 0
 

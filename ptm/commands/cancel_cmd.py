@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "user.signingkey), and push it. Sites that have not finished the task stop or skip "
         "it. Unknown and already cancelled tasks are refused.",
     )
-    parser.add_argument("task_id", metavar="TASK")
+    parser.add_argument("task_id", metavar="TASK", help="the task to cancel")
     parser.add_argument("--reason", default=DEFAULT_REASON, help="why (shown to every site)")
     parser.add_argument("--sign-key", type=Path, metavar="KEY", help="SSH private key to sign with")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

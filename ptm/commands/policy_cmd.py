@@ -23,7 +23,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "the agent uses, without running anything. Exit 0 when the site would run it, 1 when "
         "it would refuse it (every reason is listed).",
     )
-    explain.add_argument("task_id", metavar="TASK")
+    explain.add_argument("task_id", metavar="TASK", help="a task on the registry's tasks branch")
     explain.add_argument(
         "--config", type=Path, required=True, metavar="FILE", help="the site config to judge with"
     )

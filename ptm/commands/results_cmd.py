@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "final state: the sites the task names, or for a task sent to every site ('*') the "
         "sites that have reported so far (name the ones you expect with --site).",
     )
-    parser.add_argument("task_id", metavar="TASK")
+    parser.add_argument("task_id", metavar="TASK", help="the task whose results to collect")
     parser.add_argument("--out", type=Path, metavar="DIR", help="where to write (./results/TASK)")
     parser.add_argument(
         "--site",
