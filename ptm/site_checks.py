@@ -54,7 +54,7 @@ def run_checks(config: SiteConfig, *, engine_ping: Callable[[], str]) -> list[Ch
         *((f"sftp:{name}", _sftp_check(t)) for name, t in config.sftp_targets.items()),
         ("signing_key", lambda: check_signing_key(config.signing_key)),
         ("allowed_signers", lambda: check_allowed_signers(config)),
-        ("docker", lambda: f"engine {engine_ping()} answers"),
+        (config.runtime.engine, lambda: f"engine {engine_ping()} answers"),
         ("workdir", lambda: check_workdir(config.workdir)),
     ]
     return [_run_one(name, check) for name, check in checks]

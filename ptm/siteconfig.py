@@ -10,6 +10,9 @@ every problem), then checks what a schema cannot say (ConfigError with every pro
   container contract) and do not repeat;
 - ``runtime.user`` may be uid 0 only with ``runtime.allow_root: true``; ``runtime.network``
   may not be ``host``;
+- ``runtime.docker_host``, ``runtime.podman`` and ``runtime.slurm`` only with their
+  ``runtime.engine``; engine slurm needs ``runtime.slurm``, whose ``sbatch_options`` may not
+  set what ptm sets per job (``SBATCH_OWN_OPTIONS``);
 - ``policy.require_signed_tasks`` needs ``policy.allowed_signers``;
 - relative paths (and a local ``registry.url``) are relative to the config file's folder;
   a ``file://`` URL must be absolute.
@@ -37,6 +40,8 @@ from ptm.task import parse_memory
 Approval = Literal["auto", "manual"]
 Release = Literal["auto", "manual"]
 PullPolicy = Literal["always", "if-missing", "never"]
+Engine = Literal["docker", "podman", "slurm"]
+NodeEngine = Literal["podman", "docker"]
 
 CONTAINER_ROOT = "/ptm"
 DEFAULT_WORKDIR = Path("/var/lib/ptm")
@@ -95,12 +100,39 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PodmanSettings:
+    socket: str | None = None  # None: the running user's default podman.sock
+
+
+# sbatch options ptm sets for every job itself; a site's extra options may not replace them.
+SBATCH_OWN_OPTIONS = (
+    "--mem", "--cpus-per-task", "--time", "--job-name", "--comment", "--output", "--error",
+    "--chdir", "--wrap", "--ntasks", "--nodes", "--parsable", "--export",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """Tasks as batch jobs; ``shared_dir`` is a folder the compute nodes see at the same path."""
+
+    shared_dir: Path = Path("/shared/ptm")
+    partition: str | None = None
+    account: str | None = None
+    sbatch_options: tuple[str, ...] = ()
+    node_engine: NodeEngine = "podman"  # what runs the container on the compute node
+    node_engine_options: tuple[str, ...] = ()  # global options for it, e.g. podman --root DIR
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     docker_host: str | None = None
     pull: PullPolicy = "always"
     network: str = "none"
     user: str = DEFAULT_USER
     allow_root: bool = False
+    engine: Engine = "docker"
+    podman: PodmanSettings = field(default_factory=PodmanSettings)
+    slurm: SlurmSettings | None = None  # set exactly when engine is slurm
 
 
 @dataclass(frozen=True)
@@ -266,7 +298,11 @@ class _Builder:
             network=section.get("network", "none"),
             user=section.get("user", DEFAULT_USER),
             allow_root=section.get("allow_root", False),
+            engine=cast(Engine, section.get("engine", "docker")),
+            podman=PodmanSettings(section.get("podman", {}).get("socket")),
+            slurm=self.slurm(section["slurm"]) if "slurm" in section else None,
         )
+        self.engine_sections(settings, section)
         if int(settings.user.split(":")[0]) == 0 and not settings.allow_root:
             message = "runs containers as root; set runtime.allow_root: true to allow that"
             self.problem("runtime.user", "allow_root", message)
@@ -275,6 +311,33 @@ class _Builder:
             message += "this site controls"
             self.problem("runtime.network", "network", message)
         return settings
+
+    def engine_sections(self, settings: RuntimeSettings, section: Mapping[str, Any]) -> None:
+        """Each engine's settings only with that engine, so none is silently ignored."""
+        owners = {"docker_host": "docker", "podman": "podman", "slurm": "slurm"}
+        for key, engine in owners.items():
+            if key in section and settings.engine != engine:
+                message = f"is set, but runtime.engine is {settings.engine}, not {engine}"
+                self.problem(f"runtime.{key}", "engine", message)
+        if settings.engine == "slurm" and settings.slurm is None:
+            self.problem("runtime.slurm", "required", "must be set while runtime.engine is slurm")
+
+    def slurm(self, section: Mapping[str, Any]) -> SlurmSettings:
+        options = tuple(section.get("sbatch_options", ()))
+        for index, option in enumerate(options):
+            name = option.split("=", 1)[0]
+            if name in SBATCH_OWN_OPTIONS:
+                message = f"{name} is set by ptm for every job (from the task's limits)"
+                self.problem(f"runtime.slurm.sbatch_options[{index}]", "sbatch-option", message)
+        shared = self.local_path(section["shared_dir"])
+        return SlurmSettings(
+            shared_dir=shared,
+            partition=section.get("partition"),
+            account=section.get("account"),
+            sbatch_options=options,
+            node_engine=cast(NodeEngine, section.get("node_engine", "podman")),
+            node_engine_options=tuple(section.get("node_engine_options", ())),
+        )
 
     def mounts(self, entries: list[Mapping[str, Any]]) -> tuple[Mount, ...]:
         mounts: list[Mount] = []

@@ -179,11 +179,17 @@ def registry_answers(address: str) -> bool:
 def image_registry(
     docker_client: docker.DockerClient, test_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ImageRegistry]:
+    address = f"127.0.0.1:{free_loopback_port()}"
+    with registry_server(tmp_path_factory.mktemp("image-registry"), address):
+        yield ImageRegistry(address, docker_client)
+
+
+@contextlib.contextmanager
+def registry_server(folder: Path, address: str) -> Iterator[None]:
+    """Debian's docker-registry serving ``address`` from ``folder`` until the block ends."""
     binary = Path("/usr/bin/docker-registry")
     if not binary.exists():
         unavailable("docker-registry is not installed (scripts/engine packages installs it)")
-    folder = tmp_path_factory.mktemp("image-registry")
-    address = f"127.0.0.1:{free_loopback_port()}"
     config = folder / "config.yml"
     settings = {
         "version": "0.1",
@@ -201,7 +207,7 @@ def image_registry(
                 output = (folder / "registry.log").read_text(errors="replace")
                 pytest.fail(f"docker-registry did not start on {address}:\n{output}")
             time.sleep(0.05)
-        yield ImageRegistry(address, docker_client)
+        yield
     finally:
         server.terminate()
         server.wait(timeout=10)

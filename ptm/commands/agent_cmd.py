@@ -15,7 +15,7 @@ from ptm.commands.agent_admin_cmd import add_actions
 from ptm.console import format_table, print_json, say, shorten
 from ptm.errors import PtmError
 from ptm.ledger import Ledger
-from ptm.runtimes import open_runtime
+from ptm.runtimes import open_site_runtime
 from ptm.site_checks import CheckResult, run_checks
 from ptm.siteconfig import SiteConfig, load_site_config
 from ptm.sync import TasksMirror
@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     helps = {
         "run": ("watch the registry and run tasks until stopped (SIGINT/SIGTERM)", run_loop),
         "once": ("one cycle: sync, decide, run what is new, push; for cron and tests", run_once),
-        "check": ("check the config, the registry and the Docker engine", run_check),
+        "check": ("check the config, the registry and the container engine", run_check),
         "status": ("what this site has done and is doing", run_status),
     }
     for name, (text, handler) in helps.items():
@@ -74,7 +74,7 @@ def _register_resume(actions: argparse._SubParsersAction[Any]) -> None:
 
 
 def _agent(config: SiteConfig) -> Agent:
-    return Agent(config, open_runtime("docker", docker_host=config.runtime.docker_host))
+    return Agent(config, open_site_runtime(config.runtime))
 
 
 def run_loop(args: argparse.Namespace) -> int:
@@ -140,7 +140,7 @@ def run_check(args: argparse.Namespace) -> int:
     except PtmError as exc:
         results = [CheckResult("config", False, redact_text(str(exc)))]
         return _report_checks(args, None, results)
-    engine = open_runtime("docker", docker_host=config.runtime.docker_host)
+    engine = open_site_runtime(config.runtime)
     valid = CheckResult("config", True, f"{args.config}: valid, site {config.site!r}")
     return _report_checks(args, config.site, [valid, *run_checks(config, engine_ping=engine.ping)])
 
