@@ -206,18 +206,15 @@ def import_test_image(engine: PodmanEngine) -> None:
     if engine.user is not None:
         run(["chown", engine.user, str(tarball)])
     changes = [part for change in IMPORT_CHANGES for part in ("--change", change)]
-    run(engine.cli("import", "--quiet", *changes, str(tarball), TEST_IMAGE), env=engine.environment())
-
-
-def engine_env(engine: PodmanEngine) -> dict[str, str]:
-    return {**os.environ, **engine.environment()}
+    command = engine.cli("import", "--quiet", *changes, str(tarball), TEST_IMAGE)
+    run(command, env=engine.environment())
 
 
 def stop_service(engine: PodmanEngine, service: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(subprocess.CalledProcessError, OSError):
         subprocess.run(
             engine.cli("rm", "--all", "--force", "--time", "0"),
-            env=engine_env(engine),
+            env={**os.environ, **engine.environment()},
             capture_output=True,
             timeout=60,
         )

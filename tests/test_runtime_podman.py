@@ -20,13 +20,13 @@ from ptm.runtimes import open_runtime, open_site_runtime
 from ptm.runtimes.base import ContainerSpec
 from ptm.runtimes.podman import PodmanRuntime, default_socket, limits_hold
 from ptm.siteconfig import PodmanSettings, RuntimeSettings
+from tests import test_runtime_docker as docker_tests
 from tests.fixtures_docker import RUN_ID, RUN_LABEL, TEST_IMAGE, ImageRegistry, registry_server
 from tests.fixtures_podman import PodmanEngine, PodmanImageRegistry
 from tests.test_runtime_docker import (  # noqa: F401  (collected and run here against Podman)
     SITE,
     run_to_end,
     shell,
-    spec,
     test_all_capabilities_are_dropped,
     test_always_sees_a_moved_tag_but_if_missing_keeps_the_local_one,
     test_cancel_kills_the_container,
@@ -60,6 +60,8 @@ from tests.test_runtime_docker import (  # noqa: F401  (collected and run here a
 )
 
 # ---- the imported tests' fixtures, on Podman ---------------------------------------------------
+
+spec = docker_tests.spec  # the same task spec fixture
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +155,7 @@ def test_ping_names_podmans_version(docker_runtime: PodmanRuntime) -> None:
 def test_a_docker_engine_is_not_taken_for_podman(
     podman_engine: PodmanEngine, docker_runtime: PodmanRuntime
 ) -> None:
-    docker_host = os.environ.get("DOCKER_HOST")
-    if docker_host is None:
-        pytest.skip("no private Docker engine named by DOCKER_HOST")
+    docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     with pytest.raises(ContainerError, match="not Podman"):
         PodmanRuntime(docker_host).ping()
 

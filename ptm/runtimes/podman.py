@@ -44,7 +44,7 @@ def limits_hold(info: Mapping[str, Any]) -> bool:
     host = info["host"]
     if str(host.get("cgroupVersion")) == "v1":
         return not host["security"]["rootless"]
-    return LIMIT_CONTROLLERS <= set(host.get("cgroupControllers") or ())
+    return set(host.get("cgroupControllers") or ()) >= LIMIT_CONTROLLERS
 
 
 def limits_problem(info: Mapping[str, Any]) -> str:
