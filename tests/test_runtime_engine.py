@@ -106,7 +106,8 @@ def test_agent_check_tests_the_chosen_engine(
         runtime={"engine": "podman", "podman": {"socket": f"unix://{tmp_path}/none.sock"}},
     )
     assert main(["agent", "check", "--config", str(elsewhere)]) == 1
-    assert "none.sock" in capsys.readouterr().err
+    failed = [line for line in capsys.readouterr().out.splitlines() if "none.sock" in line]
+    assert len(failed) == 1 and "podman:" in failed[0] and not failed[0].startswith("ok")
 
 
 def test_agent_cycle_on_podman_completes_fails_and_times_out(
