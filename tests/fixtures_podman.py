@@ -169,6 +169,7 @@ def podman_service(folder: Path, *, user: str | None) -> Iterator[PodmanEngine]:
     service = subprocess.Popen(
         engine.cli("system", "service", "--time=0", engine.socket),
         env={**os.environ, **engine.environment()},
+        cwd=folder,  # conmon leaves an "oom" marker file in its working folder
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
