@@ -136,7 +136,7 @@ def run(folder: Path, count: int, timeout: float) -> None:
         threading.Thread(target=run_until_stopped, args=(a, stop), name=a.config.site, daemon=True)
         for a in agents
     ]
-    client = docker.from_env()
+    client = docker.from_env(max_pool_size=count + 10)  # the floor runs count containers at once
     starts = Starts(client)
     began = time.monotonic()
     for thread in threads:

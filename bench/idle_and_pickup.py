@@ -12,6 +12,7 @@ from the command to its start event. Needs a Docker engine and the test image.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from ptm.workdir import WorkDir
 
 SITE = "bench-site"
 IMAGE = "ptm-test/busybox:latest"
+AGENT_RUN = [sys.executable, "-m", "ptm", "agent", "run"]
 FLOOR_KEY = "ptm-bench"
 
 
@@ -96,14 +99,15 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def push_task(work: Path, task_id: str) -> float:
-    """Commit and push a task for this site; return the wall-clock time the push ended."""
+def push_task(work: Path, registry: Path, task_id: str) -> float:
+    """Commit and push a task for this site; return when the push landed: the time git wrote
+    the branch's ref in the registry (the agent may wake before ``git push`` itself returns)."""
     task = work / "tasks" / task_id
     task.mkdir(parents=True)
     (task / "task.yaml").write_text(f"ptm: 1\nimage: {IMAGE}\nsites: [{SITE}]\ncommand: ['true']\n")
     for args in (["add", "tasks"], ["commit", "-q", "-m", task_id], ["push", "-q"]):
         subprocess.run(["git", *args], cwd=work, check=True)
-    return time.time()
+    return (registry / "refs" / "heads" / "main").stat().st_mtime_ns / 1e9
 
 
 def final_state(registry: Path, task_id: str) -> bool:
@@ -141,7 +145,7 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, float]:
     config = site_config(folder, registry, args.poll)
     with open(folder / "agent.log", "wb") as log:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "ptm", "agent", "run", "--config", str(config)],
+            [*AGENT_RUN, "--config", str(config), "--log-format", "json", "-v"],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -152,11 +156,13 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, float]:
         cpu_before, wall_before = cpu_seconds(agent.pid), time.monotonic()
         time.sleep(args.idle)
         idle_cpu = (cpu_seconds(agent.pid) - cpu_before) / (time.monotonic() - wall_before)
-        pickups = []
+        pickups, steps = [], []
         for n in range(args.pickups):
             task_id = f"pickup-{n}"
-            pushed = push_task(work, task_id)
-            pickups.append(tasks.wait(task_id) - pushed)
+            pushed = push_task(work, registry, task_id)
+            started = tasks.wait(task_id)
+            pickups.append(started - pushed)
+            steps.append((pushed, task_id, started))
             wait_until(lambda t=task_id: final_state(registry, t), 60, f"{task_id}'s result")
         floor = [floor_pickup(floors, n) for n in range(args.pickups)]
     finally:
@@ -166,11 +172,31 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, float]:
         floors.close()
         for container in client.containers.list(all=True, filters={"label": f"ptm.site={SITE}"}):
             container.remove(force=True)
+    breakdown = pickup_steps(folder / "agent.log", steps)
     return {
         "idle_cpu": idle_cpu,
         "pickup": statistics.median(pickups),
         "floor": statistics.median(floor),
+        **{name: statistics.median(values) for name, values in breakdown.items()},
     }
+
+
+def pickup_steps(log: Path, pickups: list[tuple[float, str, float]]) -> dict[str, list[float]]:
+    """From the agent's JSON log: push landed -> the cycle it woke, -> the task accepted
+    (committed), -> the container's start."""
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    for record in records:
+        record["t"] = datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
+    steps: dict[str, list[float]] = {"wake": [], "decide": [], "start": []}
+    for pushed, task_id, started in pickups:
+        woke = min(r["t"] for r in records if r.get("decision") == "cycle" and r["t"] >= pushed)
+        accepted = next(
+            r["t"] for r in records if r.get("task") == task_id and r.get("decision") == "accepted"
+        )
+        steps["wake"].append(woke - pushed)
+        steps["decide"].append(accepted - woke)
+        steps["start"].append(started - accepted)
+    return steps
 
 
 def main() -> None:
@@ -186,8 +212,12 @@ def main() -> None:
         f"(local registry watched, poll {args.poll:g} s; goal <= 1 %)"
     )
     print(
-        f"pickup:      {figures['pickup']:.2f} s push -> container start, median of "
+        f"pickup:      {figures['pickup']:.2f} s push landed -> container start, median of "
         f"{args.pickups} (goal about 0.5 s)"
+    )
+    print(
+        f"  of which:  {figures['wake'] * 1000:.0f} ms to wake, {figures['decide'] * 1000:.0f} ms "
+        f"to judge and commit 'accepted', {figures['start'] * 1000:.0f} ms from there to the start"
     )
     print(f"floor:       {figures['floor']:.2f} s bare 'docker run' -> container start")
     print(f"ratio:       pickup {figures['pickup'] / figures['floor']:.2f}x the floor")
