@@ -123,3 +123,28 @@ def test_demo_without_docker_says_so_in_one_line(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "needs a Docker engine" in lines[0] and "scripts/engine start" in lines[0]
+
+
+def test_the_demo_says_how_to_reach_this_ptm_when_path_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ptm.commands.demo_cmd import _path_hint
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ptm here
+    hint = _path_hint()
+    assert hint is not None and str(Path(sys.executable).parent) in hint
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{tmp_path}")
+    if (Path(sys.executable).parent / "ptm").exists():
+        assert _path_hint() is None
+
+
+def test_scripts_demo_installs_only_what_the_demo_needs() -> None:
+    script = (Path(__file__).parents[1] / "scripts" / "demo").read_text()
+    (packages,) = [line for line in script.splitlines() if line.strip().startswith("for package")]
+    assert packages.split(" in ")[1].split(";")[0].split() == ["docker.io", "busybox-static"]
+    assert "docker-registry" not in packages and "engine packages" not in script
+    assert (
+        subprocess.run(["bash", "-n", "scripts/demo"], cwd=Path(__file__).parents[1]).returncode
+        == 0
+    )
+    assert "scripts/engine start" in script  # how to start the engine it stopped
