@@ -27,12 +27,12 @@ PUSH_ATTEMPTS = 6
 DISTRIBUTION = "ptm-health-train"
 # Files of the template that name the tasks branch or the ptm the registry's CI installs.
 TEMPLATED_FILES = (
-    REGISTRY_FILE,
     "README.md",
     ".github/workflows/ptm-validate.yml",
     ".gitlab-ci.yml",
     ".pre-commit-config.yaml",
 )
+_TASKS_BRANCH_LINE = re.compile(r"^tasks_branch: .*$", re.MULTILINE)
 _REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:/@=<>!~,#\[\]-]{0,299}")
 
 
@@ -138,6 +138,10 @@ def _init_worktree(
         for marker, value in values.items():
             text = text.replace(marker, value)
         (path / name).write_text(text, encoding="utf-8")
+    # registry.yaml names the default branch, not a marker, so the template itself validates
+    document = (path / REGISTRY_FILE).read_text(encoding="utf-8")
+    document = _TASKS_BRANCH_LINE.sub(f'tasks_branch: "{branch}"', document)
+    (path / REGISTRY_FILE).write_text(document, encoding="utf-8")
     commit(repo, ["."], "Create registry from the ptm template", sign_key=sign_key)
     return repo
 

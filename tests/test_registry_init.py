@@ -15,6 +15,7 @@ import yaml
 from ptm import __version__
 from ptm.commands import COMMANDS
 from ptm.main import build_parser, main
+from ptm.registry import template_dir
 from ptm.submission import TaskDraft, submit_task, write_task
 from tests.agent_support import TEST_IMAGE, remote_status, write_site_config
 from tests.fixtures_git import SigningKey, git
@@ -198,3 +199,9 @@ def test_every_positional_argument_says_what_it_is(command: str) -> None:
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     missing = [where for where, text in every_positional(commands.choices[command], "") if not text]
     assert missing == []
+
+
+def test_the_template_itself_validates(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/startup.py and anyone reading registry-template/ see a valid registry."""
+    assert main(["validate", str(template_dir())]) == 0
+    assert "registry is valid" in capsys.readouterr().out
