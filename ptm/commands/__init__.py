@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ptm.commands.demo_cmd",
         "a whole federation on this machine: registry, three hospitals, one study",
     ),
-    "registry": ("ptm.commands.registry_cmd", "create a task registry"),
+    "registry": ("ptm.commands.registry_cmd", "create a task registry, list its sites' keys"),
     "task": ("ptm.commands.task_cmd", "write and submit tasks (researchers)"),
     "validate": (
         "ptm.commands.validate_cmd",
