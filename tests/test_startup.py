@@ -68,7 +68,7 @@ def test_each_command_table_help_is_the_one_its_module_registers() -> None:
         command_module(name).register(commands)
         assert list(commands.choices) == [name]
         helps = {action.dest: action.help for action in commands._choices_actions}
-        assert helps == {name: text}
+        assert helps == {name: text}, "copy the new help into ptm/commands/__init__.py"
 
 
 @pytest.mark.parametrize(
