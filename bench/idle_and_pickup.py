@@ -4,9 +4,11 @@
 
 Runs a real ``ptm agent run`` (a subprocess) on a bare local registry (watch mode), lets it idle,
 and reads its CPU time, git children included, from /proc. Then pushes a trivial task (``true``
-in ptm-test/busybox:latest) a few times and takes the time from the end of ``git push`` to the
-container's start event from the engine. The floor is a bare ``docker run`` of the same image,
-from the command to its start event. Needs a Docker engine and the test image.
+in ptm-test/busybox:latest) a few times and takes the time from the moment the push landed (the
+branch's ref written in the registry) to the container's start event from the engine, split
+into waking, judging (up to the committed ``accepted``) and starting (from the agent's JSON
+log). The floors: a bare ``docker run`` of the same image, from the command to its start event,
+and the same with the sandbox's options. Needs a Docker engine and the test image.
 """
 
 from __future__ import annotations
@@ -116,22 +118,24 @@ def final_state(registry: Path, task_id: str) -> bool:
     return done.returncode == 0 and "state: completed" in done.stdout
 
 
-def floor_pickup(events: StartEvents, n: int) -> float:
+def sandbox_options(folder: Path) -> list[str]:
+    """``docker run`` options like those the agent's sandbox sets (runtimes/docker.py)."""
+    (folder / "in").mkdir(exist_ok=True)
+    (folder / "out").mkdir(exist_ok=True)
+    return [
+        *("--network", "none", "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=64m"),
+        *("--cap-drop", "ALL", "--security-opt", "no-new-privileges"),
+        *("--memory", "1g", "--memory-swap", "1g", "--cpus", "1", "--pids-limit", "256"),
+        *("-v", f"{folder / 'in'}:/ptm/input:ro", "-v", f"{folder / 'out'}:/ptm/output"),
+    ]
+
+
+def floor_pickup(events: StartEvents, key: str, options: list[str]) -> float:
+    """From ``docker run`` to the container's start event."""
     began = time.time()
-    subprocess.run(
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--label",
-            f"{FLOOR_KEY}=floor-{n}",
-            IMAGE,
-            "true",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return events.wait(f"floor-{n}") - began
+    command = ["docker", "run", "--rm", "--label", f"{FLOOR_KEY}={key}", *options, IMAGE, "true"]
+    subprocess.run(command, check=True, capture_output=True)
+    return events.wait(key) - began
 
 
 def measure(folder: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -164,7 +168,9 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, float]:
             pickups.append(started - pushed)
             steps.append((pushed, task_id, started))
             wait_until(lambda t=task_id: final_state(registry, t), 60, f"{task_id}'s result")
-        floor = [floor_pickup(floors, n) for n in range(args.pickups)]
+        floor = [floor_pickup(floors, f"bare-{n}", []) for n in range(args.pickups)]
+        options = sandbox_options(folder)
+        sandboxed = [floor_pickup(floors, f"sandbox-{n}", options) for n in range(args.pickups)]
     finally:
         agent.terminate()
         agent.wait(timeout=30)
@@ -177,6 +183,7 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, float]:
         "idle_cpu": idle_cpu,
         "pickup": statistics.median(pickups),
         "floor": statistics.median(floor),
+        "sandboxed": statistics.median(sandboxed),
         **{name: statistics.median(values) for name, values in breakdown.items()},
     }
 
@@ -220,7 +227,14 @@ def main() -> None:
         f"to judge and commit 'accepted', {figures['start'] * 1000:.0f} ms from there to the start"
     )
     print(f"floor:       {figures['floor']:.2f} s bare 'docker run' -> container start")
-    print(f"ratio:       pickup {figures['pickup'] / figures['floor']:.2f}x the floor")
+    print(
+        f"             {figures['sandboxed']:.2f} s the same with the sandbox's options "
+        "(no network, read-only, limits, mounts)"
+    )
+    print(
+        f"ratio:       pickup {figures['pickup'] / figures['floor']:.2f}x the bare floor, "
+        f"{figures['pickup'] / figures['sandboxed']:.2f}x the sandboxed one"
+    )
 
 
 if __name__ == "__main__":
