@@ -1,22 +1,27 @@
 """Delivery of a run's files straight to a trusted third party over SFTP (the client side).
 
-This module and ``ptm.sftp_server`` are the only ones that talk SSH (paramiko); every paramiko,
-socket and file-system exception is translated here into ``DeliveryError`` naming the target's
-``host:port`` and the file, so nothing above this boundary imports paramiko.
+Only this module and the SFTP service's (``ptm.sftp_*``, ``ptm.ssh_keys``) use paramiko; every
+paramiko, socket and file-system exception is translated here into ``DeliveryError`` naming the
+target's ``host:port`` and the file, so nothing above this boundary imports paramiko.
 
 Trust is explicit: the server's host key must equal the target's ``host_key`` line exactly
 (no known_hosts file, no trust on first use), and only key types that line names are offered
 during the key exchange. Each file goes to a temporary name in its folder, its remote size is
 checked, and only then is it renamed into place, so a reader at the third party never sees a
 half-written file under its final name. Key material is never logged or put into messages.
+
+A target that is briefly unreachable (connection refused or reset, a timeout, a connection that
+breaks off) is tried again, with pauses growing from RETRY_FIRST_PAUSE to RETRY_MAX_PAUSE, until
+the caller's deadline; every other failure (host key, login, a refused write, a local file) is
+permanent and raised at once. A retry sends every file again: they replace what an earlier
+attempt may have put in place.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import errno
 import hashlib
-import hmac
+import logging
 import os
 import posixpath
 import secrets
@@ -33,63 +38,41 @@ import paramiko
 from ptm.errors import DeliveryError
 from ptm.names import is_valid_name
 from ptm.siteconfig import SftpTarget
+from ptm.ssh_keys import HOST_KEY_ALGORITHMS, PublicKey
 
 CONNECT_TIMEOUT = 15.0  # seconds for TCP connect, SSH banner, key exchange and login
 IO_TIMEOUT = 60.0  # seconds without an answer to one SFTP request
 CHUNK_BYTES = 256 * 1024
 HANG_UP_SECONDS = 2.0  # waiting for the server to close the session
 PART_PREFIX = ".ptm-part-"  # temporary upload names start with this
+DEFAULT_RETRY_SECONDS = 180.0  # how long an unreachable target is retried without a deadline
+RETRY_FIRST_PAUSE = 0.5
+RETRY_MAX_PAUSE = 15.0
 
-# Host key algorithms a client may negotiate for each public key type it was told to expect.
-_HOST_KEY_ALGORITHMS = {
-    "ssh-ed25519": ("ssh-ed25519",),
-    "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256"),
-    "ecdsa-sha2-nistp256": ("ecdsa-sha2-nistp256",),
-    "ecdsa-sha2-nistp384": ("ecdsa-sha2-nistp384",),
-    "ecdsa-sha2-nistp521": ("ecdsa-sha2-nistp521",),
-}
+_UNREACHABLE_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTDOWN,
+    }
+)
+# paramiko says "the connection went away" only in words
+_UNREACHABLE_MESSAGES = (
+    "Error reading SSH protocol banner",
+    "Server connection dropped",
+    "No existing session",
+    "Socket is closed",
+    "Authentication failed: transport shut down or saw EOF",
+    "Authentication timeout",
+)
 
-
-@dataclass(frozen=True)
-class PublicKey:
-    """An SSH public key as written in an ``authorized_keys`` line: type and wire blob."""
-
-    key_type: str
-    blob: bytes
-
-    @classmethod
-    def parse(cls, line: str) -> PublicKey:
-        """``"ssh-ed25519 AAAA… [comment]"``; ValueError saying what is wrong otherwise."""
-        fields = line.split()
-        if len(fields) < 2:
-            raise ValueError("expected '<type> <base64 key> [comment]'")
-        key_type, encoded = fields[0], fields[1]
-        if key_type not in _HOST_KEY_ALGORITHMS:
-            known = ", ".join(_HOST_KEY_ALGORITHMS)
-            raise ValueError(f"unsupported key type {key_type!r} (supported: {known})")
-        try:
-            blob = base64.b64decode(encoded, validate=True)
-            paramiko.PKey.from_type_string(key_type, blob)  # refuses a blob of another type
-        except (binascii.Error, paramiko.SSHException, ValueError, TypeError) as exc:
-            raise ValueError(f"the {key_type} key is not valid base64 key data") from exc
-        return cls(key_type, blob)
-
-    @classmethod
-    def of(cls, key: paramiko.PKey) -> PublicKey:
-        return cls(key.get_name(), key.asbytes())
-
-    @property
-    def line(self) -> str:
-        return f"{self.key_type} {base64.b64encode(self.blob).decode('ascii')}"
-
-    @property
-    def fingerprint(self) -> str:
-        """OpenSSH's ``SHA256:…`` fingerprint, safe to show (it is of a public key)."""
-        digest = base64.b64encode(hashlib.sha256(self.blob).digest()).decode("ascii")
-        return f"SHA256:{digest.rstrip('=')}"
-
-    def matches(self, key: paramiko.PKey) -> bool:
-        return key.get_name() == self.key_type and hmac.compare_digest(key.asbytes(), self.blob)
+log = logging.getLogger("ptm.delivery")
 
 
 @dataclass(frozen=True)
@@ -114,22 +97,52 @@ class DeliveryReceipt:
         return sum(delivered.bytes for delivered in self.files)
 
 
-def deliver_files(target: SftpTarget, files: Path, remote_subdir: str) -> DeliveryReceipt:
+class TargetUnreachable(DeliveryError):
+    """The target could not be reached, or the connection broke off: worth trying again."""
+
+
+def deliver_files(
+    target: SftpTarget, files: Path, remote_subdir: str, *, deadline: float | None = None
+) -> DeliveryReceipt:
     """Upload every regular file below ``files`` to ``target.path/remote_subdir/…``.
 
     ``remote_subdir`` is made of names (``<task>/<site>``). Symlinks and special files below
-    ``files`` are refused before anything is sent. Raises DeliveryError on any failure.
+    ``files`` are refused before anything is sent. An unreachable target is retried until
+    ``deadline`` (a ``time.monotonic()`` value; default DEFAULT_RETRY_SECONDS from now); an
+    attempt under way at the deadline is finished. Raises DeliveryError on any failure.
     """
     remote_dir = _remote_dir(target, remote_subdir)
     relative_paths = local_files(files)
     expected = _expected_host_key(target)
     client_key = _load_client_key(target)
-    with _session(target, expected, client_key) as sftp:
-        _make_folders(sftp, target, remote_dir, relative_paths)
-        delivered = tuple(
-            _upload(sftp, target, files, relative, remote_dir) for relative in relative_paths
-        )
-    return DeliveryReceipt(target.name, target.host, target.port, remote_dir, delivered)
+    started = time.monotonic()
+    give_up = started + DEFAULT_RETRY_SECONDS if deadline is None else deadline
+    pause, attempt = RETRY_FIRST_PAUSE, 1
+    while True:
+        try:
+            with _session(target, expected, client_key) as sftp:
+                delivered = _send_all(sftp, target, files, relative_paths, remote_dir)
+            return DeliveryReceipt(target.name, target.host, target.port, remote_dir, delivered)
+        except TargetUnreachable as exc:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                spent = time.monotonic() - started
+                gave_up = f"gave up after {attempt} attempts in {spent:.0f} s"
+                raise TargetUnreachable(f"{exc} ({gave_up})") from exc
+            log.warning("%s; trying again in %.1f s", exc, min(pause, left))
+            time.sleep(min(pause, left))
+            pause, attempt = min(pause * 2, RETRY_MAX_PAUSE), attempt + 1
+
+
+def _send_all(
+    sftp: paramiko.SFTPClient,
+    target: SftpTarget,
+    files: Path,
+    relative_paths: tuple[str, ...],
+    remote_dir: str,
+) -> tuple[DeliveredFile, ...]:
+    _make_folders(sftp, target, remote_dir, relative_paths)
+    return tuple(_upload(sftp, target, files, path, remote_dir) for path in relative_paths)
 
 
 def local_files(folder: Path) -> tuple[str, ...]:
@@ -188,11 +201,32 @@ def _translated(target: SftpTarget, doing: str) -> Iterator[None]:
     """Turn paramiko, socket and OS errors into DeliveryError naming host:port and the step."""
     try:
         yield
-    except paramiko.AuthenticationException as exc:
-        message = f"the server refused user {target.user!r} with key {target.key}"
-        raise DeliveryError(_describe(target, doing, message)) from exc
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise DeliveryError(_describe(target, doing, str(exc) or type(exc).__name__)) from exc
+        reason = _reason(exc)
+        if _unreachable(exc):
+            raise TargetUnreachable(_describe(target, doing, reason)) from exc
+        if isinstance(exc, paramiko.AuthenticationException):
+            reason = f"the server refused user {target.user!r} with key {target.key}"
+        raise DeliveryError(_describe(target, doing, reason)) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    if str(exc):
+        return str(exc)
+    return "the server closed the connection" if isinstance(exc, EOFError) else type(exc).__name__
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the server could not be reached or the connection broke off."""
+    if isinstance(exc, socket.gaierror):
+        return exc.errno == socket.EAI_AGAIN  # a name server that did not answer, this time
+    if isinstance(exc, (EOFError, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
+        return True
+    return isinstance(exc, (OSError, paramiko.SSHException)) and str(exc).startswith(
+        _UNREACHABLE_MESSAGES
+    )
 
 
 def _describe(target: SftpTarget, doing: str, reason: str) -> str:
@@ -216,6 +250,11 @@ def _session(
             yield sftp
         finally:
             _hang_up(sftp)
+    except DeliveryError as exc:
+        # however paramiko words it (a closed descriptor, say), a connection gone is an outage
+        if isinstance(exc, TargetUnreachable) or transport.is_active():
+            raise
+        raise TargetUnreachable(f"{exc} (the connection broke off)") from exc
     finally:
         transport.close()
 
@@ -246,7 +285,7 @@ def _connect(
         transport.banner_timeout = CONNECT_TIMEOUT
         transport.handshake_timeout = CONNECT_TIMEOUT
         transport.auth_timeout = CONNECT_TIMEOUT
-        transport.get_security_options().key_types = _HOST_KEY_ALGORITHMS[expected.key_type]
+        transport.get_security_options().key_types = HOST_KEY_ALGORITHMS[expected.key_type]
         with _translated(target, f"key exchange (expecting a {expected.key_type} host key)"):
             transport.start_client(timeout=CONNECT_TIMEOUT)
         _check_host_key(target, expected, transport.get_remote_server_key())
@@ -336,7 +375,7 @@ def _send_explained(sftp: paramiko.SFTPClient, local: Path, remote: str) -> tupl
     try:
         return _send(sftp, local, remote)
     except OSError as exc:
-        if exc.errno is not None:
+        if exc.errno is not None or _unreachable(exc):
             raise
         # SFTP has no status for "too big" or "over quota": servers answer a plain "Failure"
         reason = "the server refused the data (a file size limit or quota, or a full disk?)"

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator
 
-from ptm.delivery import PublicKey
 from ptm.errors import ConfigError, InvalidDocument, Problem
 from ptm.schema import describe_error, error_sort_key, load_yaml_file
+from ptm.ssh_keys import PublicKey
 
 DEFAULT_MAX_FILE_BYTES = 1024**3
 DEFAULT_QUOTA_BYTES = 10 * 1024**3

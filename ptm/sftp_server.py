@@ -25,7 +25,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import paramiko
 
-from ptm.delivery import PublicKey
 from ptm.errors import ConfigError, DeliveryError
 from ptm.sftp_config import SftpAccount, SftpServiceConfig, load_or_create_host_key
 from ptm.sftp_jail import (
@@ -38,6 +37,7 @@ from ptm.sftp_jail import (
     rename_file,
     stored_bytes,
 )
+from ptm.ssh_keys import PublicKey
 
 LOGIN_GRACE = 30.0  # seconds a connection may take to log in
 ACCEPT_POLL = 0.5  # seconds between checks for stop() while waiting for connections

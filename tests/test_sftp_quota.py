@@ -19,7 +19,7 @@ from typing import Protocol
 import paramiko
 import pytest
 
-from ptm.delivery import PublicKey
+from ptm.ssh_keys import PublicKey
 from tests.fixtures_docker import unavailable
 from tests.test_delivery import ACCOUNT, KeyPair, make_key, write_config
 from tests.test_sftp_cmd import ptm_command, read_line

@@ -75,8 +75,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_host_key(args: argparse.Namespace) -> int:
-    from ptm.delivery import PublicKey
     from ptm.sftp_config import load_or_create_host_key, load_sftp_config
+    from ptm.ssh_keys import PublicKey
 
     config = load_sftp_config(args.config)
     say(PublicKey.of(load_or_create_host_key(config.host_key)).line)
