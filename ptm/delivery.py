@@ -268,7 +268,9 @@ def _hang_up(sftp: paramiko.SFTPClient) -> None:
             deadline = time.monotonic() + HANG_UP_SECONDS
             while not channel.closed and time.monotonic() < deadline:
                 time.sleep(0.01)
-    sftp.close()
+    # the error that broke the session, if any, is the one to report, not this close's
+    with suppress(OSError, paramiko.SSHException, EOFError):
+        sftp.close()
 
 
 def _connect(
