@@ -1,9 +1,10 @@
 """The agent's watch loop (``ptm agent run``): a cycle whenever the registry may have moved.
 
-For a local registry, watchdog on the tasks branch's ref is the hint; polling stays the
-backstop. Only a written ref can mean new work: the open, read and close events that the agent's
-own ``ls-remote`` and ``fetch`` cause in the registry folder (and the pushes of results branches)
-never wake it, so an idle agent sleeps. A failed cycle backs off before the next try.
+For a local registry, watchdog on the tasks branch's ref is the hint, and for every registry an
+admin's decision dropped in the work folder; polling stays the backstop. Only a written ref can
+mean new work: the open, read and close events that the agent's own ``ls-remote`` and ``fetch``
+cause in the registry folder (and the pushes of results branches) never wake it, so an idle
+agent sleeps. A failed cycle backs off before the next try.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from watchdog.observers import Observer
 
 from ptm import process
 from ptm.agent import Agent
+from ptm.decisions import decisions_dir
 from ptm.errors import PtmError, TamperingDetected
 
 # After SIGTERM, git calls in flight get this long to finish (a push of finished results
@@ -60,47 +62,60 @@ def written_path(event: FileSystemEvent) -> str | None:
 
 
 class _Wake(FileSystemEventHandler):
-    def __init__(self, event: threading.Event, refs: frozenset[str]) -> None:
+    def __init__(self, event: threading.Event, files: frozenset[str], inbox: str) -> None:
         self._event = event
-        self._refs = refs
+        self._files = files
+        self._inbox = inbox
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if written_path(event) in self._refs:
+        path = written_path(event)
+        if path is None:
+            return
+        in_inbox = str(Path(path).parent) == self._inbox and path.endswith(".json")
+        if path in self._files or in_inbox:
             self._event.set()
 
 
-class RefsWatcher:
-    """Sets ``event`` whenever the registry's ref for ``branch`` is written: the loose ref
-    (git writes ``<ref>.lock``, then renames it) or ``packed-refs``.
+class WakeWatcher:
+    """Sets ``event`` when a file is written that can mean new work: the tasks branch's ref of
+    a local registry (git writes ``<ref>.lock``, then renames it; or ``packed-refs``), or an
+    admin's decision dropped in the work folder (``ptm agent approve`` and the like).
 
-    Only the ref's own folder is watched (not ``refs/heads/results/``, where every site pushes),
-    and the git folder itself for ``packed-refs``. When watching is impossible (inotify limits),
-    ``problem`` says why and the loop polls."""
+    Only those folders are watched: the ref's own folder (not ``refs/heads/results/``, where
+    every site pushes), the git folder for ``packed-refs``, the decisions folder. When watching
+    is impossible (inotify limits), ``problem`` says why and the loop polls."""
 
-    def __init__(self, registry: Path, branch: str, event: threading.Event) -> None:
-        registry = registry.absolute()
-        git_dir = registry / ".git" if (registry / ".git").is_dir() else registry
-        self._git_dir = git_dir
-        self._ref = git_dir / "refs" / "heads" / branch
-        refs = {self._ref, git_dir / "packed-refs"}
+    def __init__(
+        self, event: threading.Event, *, registry: Path | None, branch: str, decisions: Path
+    ) -> None:
+        self._folders: list[tuple[Path, bool]] = []
+        files: set[Path] = set()
+        if registry is not None:
+            registry = registry.absolute()
+            git_dir = registry / ".git" if (registry / ".git").is_dir() else registry
+            ref = git_dir / "refs" / "heads" / branch
+            files |= {ref, git_dir / "packed-refs"}
+            if ref.parent.is_dir():
+                self._folders.append((ref.parent, False))
+            else:  # the branch's folder appears with its first loose ref
+                self._folders.append((git_dir / "refs", True))
+            self._folders.append((git_dir, False))
+        self._decisions = decisions.absolute()
+        self._folders.append((self._decisions, False))
         self._observer: Any = Observer()
-        self._handler = _Wake(event, frozenset(os.path.normpath(r) for r in refs))
+        paths = frozenset(os.path.normpath(f) for f in files)
+        self._handler = _Wake(event, paths, os.path.normpath(self._decisions))
         self.problem: str | None = None
 
-    def __enter__(self) -> RefsWatcher:
-        if not (self._git_dir / "refs").is_dir():
-            self.problem = f"{self._git_dir}: no refs folder"
-            return self
+    def __enter__(self) -> WakeWatcher:
         try:
-            if self._ref.parent.is_dir():
-                self._schedule(self._ref.parent, recursive=False)
-            else:  # the branch's folder appears with its first loose ref
-                self._schedule(self._git_dir / "refs", recursive=True)
-            self._schedule(self._git_dir, recursive=False)
+            self._decisions.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for folder, recursive in self._folders:
+                self._schedule(folder, recursive=recursive)
             self._observer.daemon = True
             self._observer.start()
         except OSError as exc:
-            self.problem = f"cannot watch {self._git_dir}: {exc}"
+            self.problem = f"cannot watch {self._folders[0][0]}: {exc}"
             self._observer.unschedule_all()
         return self
 
@@ -138,12 +153,16 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
     """
     registry = agent.config.registry
     local = local_registry_path(registry.url)
-    watcher = None
-    if local is not None and local.exists():
-        watcher = RefsWatcher(local, registry.branch, agent.wakeup)
+    agent.workdir.prepare()  # the decisions folder is watched inside it
+    watcher = WakeWatcher(
+        agent.wakeup,
+        registry=local if local is not None and local.exists() else None,
+        branch=registry.branch,
+        decisions=decisions_dir(agent.workdir),
+    )
     started, failures = False, 0
-    with watcher or _NoWatcher():
-        if watcher is not None and watcher.problem:
+    with watcher:
+        if watcher.problem:
             agent.log.warning(
                 "%s; polling every %ss instead",
                 watcher.problem,
@@ -187,14 +206,6 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
             running,
             extra={"decision": "stopped"},
         )
-
-
-class _NoWatcher:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _sleep_until(

@@ -21,6 +21,7 @@ from watchdog.events import (
 )
 
 from ptm.agent import Agent
+from ptm.decisions import drop_decision, make_decision
 from ptm.runtimes.docker import DockerRuntime
 from ptm.siteconfig import load_site_config
 from ptm.watch import run_until_stopped, written_path
@@ -122,6 +123,21 @@ def test_results_pushed_by_other_sites_do_not_wake_an_agent(
             git(other.work, "push", "-q", "origin", "HEAD:refs/heads/results/hospital-b")
         time.sleep(1.5)
         assert len(records.decisions("cycle")) == before
+
+
+@pytest.mark.docker
+def test_an_admins_decision_wakes_the_agent(
+    bare_registry: Path, tmp_path: Path, docker_client: object
+) -> None:
+    agent = agent_for(tmp_path, bare_registry, poll_interval=30)
+    with watching(agent) as records:
+        wait_for(lambda: agent.workdir.load_state().processed, timeout=30)
+        before = len(records.decisions("cycle"))
+        drop_decision(agent.workdir, make_decision("t-x", "approve", reason=None, decided_by="a"))
+        wait_for(lambda: len(records.decisions("cycle")) > before, timeout=10)
+        assert records.decisions("cycle")[before].getMessage() == "cycle (woken)"
+        ignored = "decision approve for task t-x ignored: the task is unknown here"
+        wait_for(lambda: ignored in [r.getMessage() for r in list(records.records)], timeout=10)
 
 
 def test_failing_cycles_back_off_even_while_the_registry_folder_is_busy(
