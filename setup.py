@@ -62,7 +62,6 @@ setup(
     # tests that use each library. docker 7.0 cannot reach an engine with requests >= 2.32,
     # paramiko < 3.4 lacks the Terrapin fix, PyYAML 6.0 does not build with Cython 3.
     install_requires=[
-        "gitpython>=3.1.30",
         "watchdog>=3.0",
         "docker>=7.1",
         "jsonschema>=4.18",

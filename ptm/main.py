@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.route_warnings()
     selected = selected_command(argv)
     if selected is not None and shutil.which("git") is None:
-        # Before the command's module is imported: GitPython fails at import without git.
+        # Checked before the command runs: every command needs git, and a missing one would
+        # surface as some git call's OSError in the middle of the work.
         print(NO_GIT, file=sys.stderr)
         return EXIT_ERROR
     args = build_parser(selected).parse_args(argv)

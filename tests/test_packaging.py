@@ -10,7 +10,6 @@ import ptm
 DISTRIBUTION = "ptm-health-train"
 # The floors scripts/test-lowest installs and tests; raising one is a decision, not an accident.
 FLOORS = {
-    "gitpython": "3.1.30",
     "watchdog": "3.0",
     "docker": "7.1",
     "jsonschema": "4.18",
