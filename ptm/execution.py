@@ -98,6 +98,7 @@ def container_spec(task: Task, site: SiteConfig, folders: RunFolders) -> Contain
         network=site.runtime.network,
         user=container_user(site.runtime.user),
         log_bytes=limits.log_bytes,
+        timeout_s=float(min(task.timeout or limits.timeout, limits.timeout)),
     )
 
 

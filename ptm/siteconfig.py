@@ -107,7 +107,8 @@ class PodmanSettings:
 # sbatch options ptm sets for every job itself; a site's extra options may not replace them.
 SBATCH_OWN_OPTIONS = (
     "--mem", "--cpus-per-task", "--time", "--job-name", "--comment", "--output", "--error",
-    "--chdir", "--wrap", "--ntasks", "--nodes", "--parsable", "--export",
+    "--chdir", "--wrap", "--ntasks", "--nodes", "--parsable", "--export", "--mem-per-cpu",
+    "--requeue", "--no-requeue", "--array",  # a requeued job would run its task twice
 )  # fmt: skip
 
 

@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 # Fixtures live in small modules by theme; each owner edits only its own.
-pytest_plugins = ["tests.fixtures_git", "tests.fixtures_docker", "tests.fixtures_podman"]
+pytest_plugins = [
+    "tests.fixtures_git",
+    "tests.fixtures_docker",
+    "tests.fixtures_podman",
+    "tests.fixtures_slurm",
+]
 
 
 @pytest.fixture(autouse=True)

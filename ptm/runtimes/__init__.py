@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from ptm.errors import RuntimeUnavailable
 from ptm.runtimes.base import Runtime
 
 if TYPE_CHECKING:
@@ -34,7 +33,10 @@ def open_runtime(
 
         return PodmanRuntime(podman_socket)
     if name == "slurm":
-        raise RuntimeUnavailable("runtime.engine slurm is not available in this version of ptm")
+        from ptm.runtimes.slurm import SlurmRuntime
+        from ptm.siteconfig import SlurmSettings
+
+        return SlurmRuntime(slurm if slurm is not None else SlurmSettings())
     raise ValueError(f"unknown container runtime {name!r}")
 
 

@@ -62,6 +62,7 @@ class ContainerSpec:
     tmpfs_bytes: int = DEFAULT_TMPFS_BYTES
     log_bytes: int = DEFAULT_LOG_BYTES
     labels: Mapping[str, str] = field(default_factory=dict)  # extra; ptm.* ones always win
+    timeout_s: float | None = None  # the task's time limit, for a scheduler's own (Slurm --time)
 
 
 @dataclass(frozen=True)
