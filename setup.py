@@ -72,6 +72,7 @@ setup(
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.1",
+            "hypothesis>=6.0",
             "mypy>=1.8",
             "ruff>=0.5",
             "types-pyyaml",

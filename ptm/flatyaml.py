@@ -1,9 +1,12 @@
 """Fast reading of a few top-level fields from flat YAML files, such as ptm writes.
 
 The strict loader (``ptm.schema``) takes about two milliseconds per small file: too slow for an
-overview of fifty thousand status files. ``quick_fields`` reads the common shapes some fifty
-times faster and answers None whenever it is not sure, and ``read_flat_fields`` then falls back
-to the strict loader; so the values returned are always those the strict loader would give.
+overview of fifty thousand status files. ``quick_fields`` reads a small subset of YAML (block
+mappings and lists of plain or quoted scalars, what ``dump_yaml`` writes) many times faster, and
+answers None whenever the *whole* document is not in that subset; ``read_flat_fields`` then falls
+back to the strict loader. So a value returned is always the one the strict loader would give,
+and a file the strict loader refuses never yields a value (tests/test_flatyaml.py checks both
+against adversarial documents).
 """
 
 from __future__ import annotations
@@ -16,70 +19,164 @@ from typing import Any
 from ptm.schema import StrictLoader, load_yaml_text
 
 MAX_FLAT_BYTES = 256 * 1024
+MAX_QUICK_DEPTH = 16
 
 
 class _Unsure(Exception):
     """quick_fields met something it does not read exactly as YAML would: use the real loader."""
 
 
-_ITEM_LINE = re.compile(r"( *)- +(.*)")
 _PLAIN_START = re.compile(r"[^-?:,\[\]{}#&*!|>'\"%@`\s]")
 _PLAIN_BREAKS = re.compile(r": |:$| #|\t")
-_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,17})")
+_DECIMAL_FLOAT = re.compile(r"[-+]?[0-9]{1,15}\.[0-9]{0,15}")
 _SIMPLE_WORD = re.compile(r"[a-z][a-z0-9._-]*")  # text for YAML, unless one of _YAML_WORDS
 _YAML_WORDS = frozenset(("yes", "no", "true", "false", "on", "off", "null"))
 _STR_TAG = "tag:yaml.org,2002:str"
-# Control characters, and what YAML also takes as line breaks or a byte order mark.
-_NOT_FLAT = re.compile("[\x00-\x09\x0b-\x1f\x7f\x85\u2028\u2029\ufeff]")
-# A line at column 0 that is not "key: …", "key:", "- item", a comment or blank.
-_OTHER_LINE = re.compile(r"^(?![A-Za-z_][A-Za-z0-9_]*:(?: |$)|[ #]|- |-$|$)", re.MULTILINE)
-# The end of a key's block: a line break followed by a line that starts something new.
-_BLOCK_END = re.compile(r"\n(?![ #\n-])")
+# Tabs, control characters (C0 and C1), what YAML also takes as line breaks, byte order marks,
+# and what the strict loader's reader refuses as unprintable.
+_NOT_FLAT = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*):(?: +(.*?))? *")
 _BOOLS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 
 
 def quick_fields(text: str, keys: Iterable[str]) -> dict[str, Any] | None:
     """Top-level values of ``keys`` from a flat YAML mapping, or None when not sure.
 
-    Reads the shapes ``dump_yaml`` writes and simple hand-written files: ``key: scalar`` (plain,
-    single- or double-quoted, folded over indented lines), ``key: [a, b]`` and block lists of
-    scalars. It only returns values that the strict loader would read identically; anything else
-    (anchors, tags, escapes, nested mappings under a wanted key…) gives None. It does not check
-    that the rest of the document is valid YAML. It is some fifty times faster than the loader.
+    The whole document must be in the subset: a block mapping at column 0 whose values are
+    scalars (plain, single- or double-quoted without escapes, folded over indented lines), flow
+    lists of scalars, block lists, or nested block mappings of the same. Anchors, tags, block
+    scalars, flow mappings, escapes, document markers, duplicate keys, tabs, CR… give None.
     """
-    if _NOT_FLAT.search(text) or _OTHER_LINE.search(text):
+    if _NOT_FLAT.search(text):
         return None
-    found: dict[str, Any] = {}
+    lines = text.split("\n")
     try:
-        for match in _key_lines(frozenset(keys)).finditer(text):
-            if match[1] in found:
-                raise _Unsure
-            found[match[1]] = _value(match[2] or None, _block_after(text, match.end()))
+        document, end = _mapping(lines, 0, 0, 0)
     except _Unsure:
         return None
-    return found
+    if end != len(lines) or not document:  # something at column 0 that is no key; or empty
+        return None
+    wanted = frozenset(keys)
+    return {key: value for key, value in document.items() if key in wanted}
 
 
-@functools.lru_cache(maxsize=16)
-def _key_lines(keys: frozenset[str]) -> re.Pattern[str]:
-    names = "|".join(re.escape(key) for key in sorted(keys))
-    return re.compile(rf"^({names}):(?: +(.*?))? *$", re.MULTILINE)
+def _is_content(line: str) -> bool:
+    """A line that is neither blank nor only a comment."""
+    stripped = line.lstrip(" ")
+    return bool(stripped) and stripped[0] != "#"
 
 
-def _block_after(text: str, end: int) -> list[str]:
-    """The lines after a key line that belong to its value (indented, items, comments)."""
-    if end + 1 >= len(text) or text[end + 1] not in " #-\n":
-        return []
-    stop = _BLOCK_END.search(text, end)
-    lines = text[end + 1 : stop.start() if stop else len(text)].split("\n")
-    while lines and not lines[-1].strip(" "):
-        lines.pop()
-    return lines
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
 
 
-def _value(raw: str | None, following: list[str]) -> Any:
-    if raw is None:
-        return _block_list(following) if following else None
+def _is_item(line: str, indent: int) -> bool:
+    return line[indent : indent + 2] == "- " or line[indent:] == "-"
+
+
+def _mapping(lines: list[str], start: int, indent: int, depth: int) -> tuple[dict[str, Any], int]:
+    """A block mapping whose keys are at column ``indent``, from line ``start``; (it, next line)."""
+    if depth > MAX_QUICK_DEPTH:
+        raise _Unsure
+    found: dict[str, Any] = {}
+    index = start
+    while index < len(lines):
+        line = lines[index]
+        if not _is_content(line):
+            index += 1
+            continue
+        column = _indent(line)
+        if column < indent:
+            break
+        match = _KEY_LINE.fullmatch(line, column)
+        if column > indent or match is None or match[1] in found or not _is_text_key(match[1]):
+            raise _Unsure
+        end = _value_end(lines, index + 1, indent)
+        found[match[1]] = _node(match[2], lines[index + 1 : end], indent, depth)
+        index = end
+    return found, index
+
+
+@functools.lru_cache(maxsize=256)
+def _is_text_key(key: str) -> bool:
+    return _implicit_tag(key) == _STR_TAG
+
+
+def _value_end(lines: list[str], start: int, indent: int) -> int:
+    """The line after the last one that belongs to the value of a key at column ``indent``."""
+    end = index = start
+    while index < len(lines):
+        line = lines[index]
+        if _is_content(line):
+            column = _indent(line)
+            if column < indent or (column == indent and not _is_item(line, indent)):
+                break
+            end = index + 1
+        index += 1
+    return end
+
+
+def _node(inline: str | None, block: list[str], indent: int, depth: int) -> Any:
+    """The value of a key at column ``indent``: ``inline`` after its colon, then ``block``."""
+    if inline is not None:
+        return _value(inline, _relative(block, indent))
+    content = [line for line in block if _is_content(line)]
+    if not content:
+        return None
+    column = _indent(content[0])
+    if _is_item(content[0], column):
+        return _sequence(block, column, depth + 1)
+    if column > indent:
+        value, end = _mapping(block, 0, column, depth + 1)
+        if end == len(block):
+            return value
+    raise _Unsure
+
+
+def _sequence(block: list[str], indent: int, depth: int) -> list[Any]:
+    """A block list whose ``-`` are at column ``indent``; every line of ``block`` must be in it."""
+    if depth > MAX_QUICK_DEPTH:
+        raise _Unsure
+    items: list[Any] = []
+    index = 0
+    while index < len(block):
+        line = block[index]
+        if not _is_content(line):
+            index += 1
+            continue
+        if _indent(line) != indent or not _is_item(line, indent):
+            raise _Unsure
+        end = _value_end(block, index + 1, indent + 1)
+        items.append(_item(line, block[index + 1 : end], indent, depth))
+        index = end
+    return items
+
+
+def _item(line: str, following: list[str], indent: int, depth: int) -> Any:
+    after = line[indent + 1 :]
+    content = after.lstrip(" ")
+    column = indent + 1 + len(after) - len(content)
+    if not content or content.startswith("-"):
+        raise _Unsure  # an empty item, or a list in a list
+    if _KEY_LINE.fullmatch(content) is not None:  # a mapping that starts on the item's line
+        value, end = _mapping([" " * column + content, *following], 0, column, depth + 1)
+        if end != len(following) + 1:
+            raise _Unsure
+        return value
+    return _value(content, _relative(following, indent))
+
+
+def _relative(lines: list[str], indent: int) -> list[str]:
+    """Lines of a scalar's continuation, without the first ``indent`` columns (an outdented
+    comment becomes ``#``, which no scalar reading accepts)."""
+    return [
+        line[indent:] if _indent(line) >= indent else ("" if not line.strip(" ") else "#")
+        for line in lines
+    ]
+
+
+def _value(raw: str, following: list[str]) -> Any:
     if any(line and line[0] != " " for line in following):
         raise _Unsure
     if raw.startswith("["):
@@ -87,18 +184,6 @@ def _value(raw: str | None, following: list[str]) -> Any:
             raise _Unsure
         return _flow_list(raw)
     return _scalar(raw, following)
-
-
-def _block_list(lines: list[str]) -> list[Any]:
-    items: list[Any] = []
-    indent: str | None = None
-    for line in lines:
-        match = _ITEM_LINE.fullmatch(line.rstrip(" "))
-        if match is None or (indent is not None and match[1] != indent):
-            raise _Unsure
-        indent = match[1]
-        items.append(_scalar(match[2], []))
-    return items
 
 
 def _flow_list(raw: str) -> list[Any]:
@@ -216,6 +301,8 @@ def _resolve_plain(text: str) -> Any:
         return _BOOLS[text.lower()]
     if tag.endswith(":int") and _DECIMAL.fullmatch(text):
         return int(text)
+    if tag.endswith(":float") and _DECIMAL_FLOAT.fullmatch(text):
+        return float(text)
     raise _Unsure
 
 

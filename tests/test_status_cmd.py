@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-import string
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from ptm.flatyaml import quick_fields
 from ptm.main import main
 from ptm.registry import DEFAULT_BRANCH
-from ptm.schema import dump_yaml, load_yaml_text
+from ptm.schema import dump_yaml
 from ptm.status import StatusRecord
 from ptm.submission import TaskDraft, submit_task, write_task
 
@@ -433,123 +430,3 @@ def test_registry_and_url_exclude_each_other(federation: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         ptm("status", "--registry", str(federation), "--url", "file:///x")
     assert exit_info.value.code == 2
-
-
-# -- the quick YAML reading agrees with the strict loader --------------------------------------
-
-KEYS = ("ptm", "task", "site", "state", "reason", "sites")
-WORDS = [
-    "image",
-    "not",
-    "allowed:",
-    "x:y",
-    "it's",
-    "(x)",
-    "a#b",
-    "#c",
-    "-",
-    "ok.",
-    "100%",
-    '"q"',
-    "'s",
-    "é",
-    "[x]",
-    "{y}",
-    "a,b",
-    "?",
-    "*",
-    "&",
-    "!",
-    "|",
-    ">",
-    "@",
-    "yes",
-    "null",
-    "~",
-    "1",
-    "0x1f",
-    "1.5",
-    "2026-11-29T10:00:00Z",
-    "",
-    "\n",
-    "\t",
-    "  ",
-]
-
-
-def _random_text(rng: random.Random) -> str:
-    if rng.random() < 0.5:
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 50)))
-    return "".join(rng.choice(string.printable + "é€") for _ in range(rng.randint(0, 160)))
-
-
-def test_quick_fields_never_disagrees_with_the_strict_loader() -> None:
-    rng = random.Random(7)
-    quick = 0
-    for _ in range(4000):
-        document = {
-            "ptm": 1,
-            "task": "t1",
-            "site": "s",
-            "state": "failed",
-            "reason": rng.choice([None, _random_text(rng), True, 3]),
-            "sites": [_random_text(rng)[:20] for _ in range(rng.randint(0, 3))],
-            "other": _random_text(rng),
-        }
-        text = dump_yaml(document)
-        fields = quick_fields(text, KEYS)
-        if fields is None:
-            continue
-        quick += 1
-        strict = load_yaml_text(text, source="x")
-        assert fields == {k: strict[k] for k in KEYS if k in strict}, text
-    assert quick > 1000  # random text is often beyond it (control characters, escapes)
-
-
-def test_quick_fields_reads_what_agents_write() -> None:
-    reason = "image ptm-test/stats:1 is not allowed: it matches none of 'org/.*:.*' " * 3
-    documents = [
-        final_result("t1", "hospital-a")["results/t1/hospital-a/status.yaml"],
-        status_yaml("t1", "hospital-a", "rejected", reason=reason),
-        status_yaml("t1", "hospital-a", "failed", reason="exit code 3: see log.txt", exit_code=3),
-    ]
-    for data in documents:
-        fields = quick_fields(data.decode(), KEYS)
-        assert fields is not None
-        assert fields == {k: v for k, v in load_yaml_text(data, source="x").items() if k in KEYS}
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (
-            'ptm: 1   # version\nsites: [a, \'b\', "c"]  # or ["*"]\n',
-            {"ptm": 1, "sites": ["a", "b", "c"]},
-        ),
-        ("sites:\n  - a\n  - b\n", {"sites": ["a", "b"]}),
-        ("sites:\n- '*'\nreason: null\n", {"sites": ["*"], "reason": None}),
-        ("reason: 'a\n\n  b'\nstate: done\n", {"reason": "a\nb", "state": "done"}),
-        ("reason: long plain\n  text folded\n", {"reason": "long plain text folded"}),
-    ],
-)
-def test_quick_fields_reads_common_shapes(text: str, expected: dict[str, Any]) -> None:
-    assert quick_fields(text, KEYS) == expected
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "state: &a completed\n",
-        "state: !!str completed\n",
-        "---\nstate: completed\n",
-        "state: completed\nstate: failed\n",
-        'state: "esc\\u0041"\n',
-        "state: completed\r\n",
-        "sites:\n# comment\n- a\n",
-        "sites: [a, [b]]\n",
-        "reason: |\n  block\n",
-        "reason: 0x1f\n",
-    ],
-)
-def test_quick_fields_is_unsure_rather_than_wrong(text: str) -> None:
-    assert quick_fields(text, KEYS) is None
