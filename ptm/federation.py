@@ -5,30 +5,42 @@ whatever the size: one ``git fetch`` (``fetch``) brings the tasks branch and eve
 branch; ``read_overview`` lists each branch with one ``git ls-tree -r`` (only branches whose tip
 moved since the last run, with an ``OverviewMemo``) and reads the files it needs with one
 ``git cat-file --batch``, through ``ptm.flatyaml``'s quick reading; ``read_task_status`` reads
-one task's files with one ``git cat-file --batch`` and validates each in full.
+one task's files and validates each in full.
 
-Nothing on a results branch is trusted. A branch whose name is not ``results/<valid site>`` is
+Nothing on any branch is trusted: trees are walked through ``ptm.federation_trees`` (checked
+level by level, sizes before contents). A branch whose name is not ``results/<valid site>`` is
 ignored and listed; a site speaks only for itself (files on ``results/a`` under
-``results/<task>/b/`` are not read); a status that cannot be read shows as ``invalid``, with the
-problem, instead of stopping the whole overview.
+``results/<task>/b/`` are not read); a status that cannot be read or whose path was refused (a
+duplicate, a link, a blob where a folder should be…) shows as ``invalid`` with the problem, and
+refused entries that name no task are listed in ``Overview.problems``, instead of stopping the
+whole overview.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ptm.errors import InvalidDocument, PtmError
+from ptm.federation_trees import (
+    Found,
+    Listing,
+    one_task_files,
+    status_files,
+    status_listings,
+    task_listing,
+)
 from ptm.flatyaml import MAX_FLAT_BYTES, read_flat_fields
 from ptm.gitrepo import GitRepo
-from ptm.gittrees import TreeEntry, list_tree, list_trees, read_blobs
 from ptm.ledger import RESULTS_DIR, STATUS_FILE, result_path
 from ptm.names import is_valid_name
 from ptm.overview_memo import OverviewMemo, Reading
-from ptm.schema import load_yaml_text
+from ptm.schema import MAX_DOCUMENT_BYTES, load_yaml_text
 from ptm.status import FINAL_STATES, STATES, StatusRecord
 from ptm.task import CANCEL_FILE, EVERY_SITE, TASK_FILE, TASKS_DIR, Cancellation, Task
+from ptm.tree_paths import Refused, read_blobs
 
 WAITING = "waiting"  # a site the task names has not reported anything yet
 INVALID = "invalid"  # a site's status.yaml could not be read or broke the schema
@@ -126,12 +138,7 @@ class Overview:
     tasks: tuple[TaskOverview, ...]
     sites: tuple[str, ...]  # every site with a results branch
     ignored_branches: tuple[str, ...]  # results/* branches whose name is not a valid site
-
-
-@dataclass(frozen=True)
-class _TaskFiles:
-    task_oid: str
-    cancel_oid: str | None
+    problems: tuple[str, ...] = ()  # refused entries of the branches that name no task
 
 
 @dataclass(frozen=True)
@@ -149,29 +156,32 @@ def read_overview(
     only files that changed are read again; the memo is saved afterwards.
     """
     memo = memo if memo is not None else OverviewMemo(None)
-    task_files = _task_files(repo, refs, memo)
+    tasks = _task_files(repo, refs, memo)
     branches = result_branches(repo, refs)
-    reports = _status_blobs(repo, branches, memo)
-    needed = {files.task_oid for files in task_files.values()}
-    needed.update(reports.values())
+    reports = _status_listings(repo, branches, memo)
+    needed = {files.oid for files in tasks.found.values() if files.oid}
+    needed.update(f.oid for listing in reports.values() for f in listing.found.values() if f.oid)
     readings = _readings(repo, needed, memo)
     memo.save()
     heads = {
-        task_id: _task_head(task_id, readings.get(files.task_oid), refs)
-        for task_id, files in task_files.items()
+        task_id: _task_head(task_id, files, readings, refs)
+        for task_id, files in tasks.found.items()
     }
     by_task: dict[str, list[SiteState]] = {}
-    for (task_id, site), oid in reports.items():
-        by_task.setdefault(task_id, []).append(_site_state(task_id, site, readings.get(oid)))
-    task_ids = sorted(set(task_files) | set(by_task))
+    for site, listing in reports.items():
+        for task_id, found in listing.found.items():
+            state = _site_state(task_id, site, found, readings)
+            by_task.setdefault(task_id, []).append(state)
+    task_ids = sorted(set(tasks.found) | set(by_task))
     rows = tuple(
-        _overview_row(t, heads.get(t), task_files.get(t), by_task.get(t, []), refs)
+        _overview_row(t, heads.get(t), tasks.found.get(t), by_task.get(t, []), refs)
         for t in task_ids
     )
-    return Overview(rows, tuple(branches.refs), branches.ignored)
+    problems = (*tasks.problems, *(p for listing in reports.values() for p in listing.problems))
+    return Overview(rows, tuple(branches.refs), branches.ignored, problems)
 
 
-def _task_files(repo: GitRepo, refs: RegistryRefs, memo: OverviewMemo) -> dict[str, _TaskFiles]:
+def _task_files(repo: GitRepo, refs: RegistryRefs, memo: OverviewMemo) -> Listing:
     """task id → blob ids of its task.yaml and cancel.yaml, from the tasks branch."""
     tip = repo.rev_parse(refs.tasks_ref)
     if tip is None:
@@ -181,69 +191,52 @@ def _task_files(repo: GitRepo, refs: RegistryRefs, memo: OverviewMemo) -> dict[s
         )
     key = f"tasks-branch {tip}"  # listing keys: a space cannot occur in a site name
     text = memo.listing(key)
-    if text is None:
-        text = _task_listing(list_tree(repo, tip, f"{TASKS_DIR}/"))
-        memo.add_listing(key, text)
-    files = {}
-    for line in text.splitlines():
-        task_id, task_oid, cancel_oid = line.split("\t")
-        files[task_id] = _TaskFiles(task_oid, cancel_oid or None)
-    return files
+    listing = _decode_listing(text) if text is not None else None
+    if listing is None:
+        listing = task_listing(repo, tip, refs.tasks_branch)
+        memo.add_listing(key, _encode_listing(listing))
+    return listing
 
 
-def _task_listing(entries: list[TreeEntry]) -> str:
-    """Lines ``<task>\t<task.yaml blob>\t<cancel.yaml blob or nothing>``."""
-    found: dict[str, dict[str, str]] = {}
-    for entry in entries:
-        parts = entry.path.split("/")
-        if len(parts) == 3 and is_valid_name(parts[1]) and entry.kind == "blob":
-            found.setdefault(parts[1], {})[parts[2]] = entry.oid
-    return "".join(
-        f"{task_id}\t{files[TASK_FILE]}\t{files.get(CANCEL_FILE, '')}\n"
-        for task_id, files in sorted(found.items())
-        if TASK_FILE in files
-    )
-
-
-def _status_blobs(
+def _status_listings(
     repo: GitRepo, branches: ResultBranches, memo: OverviewMemo
-) -> dict[tuple[str, str], str]:
-    """(task, site) → blob id of ``results/<task>/<site>/status.yaml`` on ``results/<site>``."""
+) -> dict[str, Listing]:
+    """Each site's listing of its own ``results/<task>/<site>/status.yaml`` files."""
     keys = {site: f"results {site} {tip}" for site, tip in branches.tips.items()}
-    texts = {site: memo.listing(key) for site, key in keys.items()}
-    missing = [site for site, text in texts.items() if text is None]
-    listings = list_trees(repo, [branches.tips[site] for site in missing], f"{RESULTS_DIR}/")
-    for site, entries in zip(missing, listings, strict=True):
-        texts[site] = _status_listing(site, entries)
-        memo.add_listing(keys[site], texts[site] or "")
-    found: dict[tuple[str, str], str] = {}
-    for site, text in texts.items():
-        for line in (text or "").splitlines():
-            task_id, oid = line.split("\t")
-            found[(task_id, site)] = oid
-    return found
+    found: dict[str, Listing] = {}
+    for site, key in keys.items():
+        text = memo.listing(key)
+        listing = _decode_listing(text) if text is not None else None
+        if listing is not None:
+            found[site] = listing
+    missing = {site: branches.tips[site] for site in keys if site not in found}
+    for site, listing in status_listings(repo, missing).items():
+        memo.add_listing(keys[site], _encode_listing(listing))
+        found[site] = listing
+    return dict(sorted(found.items()))
 
 
-def _status_listing(site: str, entries: list[TreeEntry]) -> str:
-    """Lines ``<task>\t<status.yaml blob>`` of one site's own folders."""
-    lines = []
-    for entry in entries:
-        parts = entry.path.split("/")
-        if (
-            len(parts) == 4
-            and parts[2] == site
-            and parts[3] == STATUS_FILE
-            and is_valid_name(parts[1])
-            and entry.kind == "blob"
-        ):
-            lines.append(f"{parts[1]}\t{entry.oid}\n")
-    return "".join(lines)
+def _encode_listing(listing: Listing) -> str:
+    found = {k: [f.oid, f.cancel_oid, f.problem] for k, f in listing.found.items()}
+    return json.dumps({"found": found, "problems": list(listing.problems)})
+
+
+def _decode_listing(text: str) -> Listing | None:
+    """A listing the memo kept; None when it is not one (another format, damaged)."""
+    try:
+        document = json.loads(text)
+        found = {k: Found(*v) for k, v in document["found"].items()}
+        return Listing(found, tuple(str(p) for p in document["problems"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _readings(repo: GitRepo, oids: set[str], memo: OverviewMemo) -> dict[str, Reading]:
     missing = memo.missing_readings(oids)
-    for oid, data in zip(missing, read_blobs(repo, missing), strict=True):
-        memo.add_reading(oid, read_file_fields(data))
+    contents = read_blobs(repo, missing, max_bytes=MAX_DOCUMENT_BYTES)
+    for oid, data in zip(missing, contents, strict=True):
+        reading = read_file_fields(data) if isinstance(data, bytes) else {"problem": data}
+        memo.add_reading(oid, reading)
     return memo.readings(oids)
 
 
@@ -258,8 +251,13 @@ def read_file_fields(data: bytes | None) -> Reading:
         return {"problem": f"{first.path}: {first.message} [{first.rule}]"}
 
 
-def _task_head(task_id: str, reading: Reading | None, refs: RegistryRefs) -> _TaskHead:
+def _task_head(
+    task_id: str, files: Found, readings: Mapping[str, Reading], refs: RegistryRefs
+) -> _TaskHead:
     source = f"{refs.tasks_branch}:{TASKS_DIR}/{task_id}/{TASK_FILE}"
+    if files.problem is not None and files.oid is None:
+        return _TaskHead((), files.problem)
+    reading = readings.get(files.oid) if files.oid else None
     if reading is None or "fields" not in reading:
         problem = reading.get("problem") if reading else "could not be read"
         return _TaskHead((), f"{source}: {problem}")
@@ -271,8 +269,13 @@ def _task_head(task_id: str, reading: Reading | None, refs: RegistryRefs) -> _Ta
     return _TaskHead(tuple(sites), None)
 
 
-def _site_state(task_id: str, site: str, reading: Reading | None) -> SiteState:
+def _site_state(
+    task_id: str, site: str, found: Found, readings: Mapping[str, Reading]
+) -> SiteState:
     source = f"{RESULTS_DIR}/{site}:{result_path(task_id, site)}/{STATUS_FILE}"
+    if found.oid is None:
+        return SiteState(site, INVALID, found.problem or f"{source}: could not be read")
+    reading = readings.get(found.oid)
     if reading is None or "fields" not in reading:
         problem = reading.get("problem") if reading else "could not be read"
         return SiteState(site, INVALID, f"{source}: {problem}")
@@ -298,7 +301,7 @@ def _summary_problem(fields: Mapping[str, Any], task_id: str, site: str) -> str 
 def _overview_row(
     task_id: str,
     head: _TaskHead | None,
-    files: _TaskFiles | None,
+    files: Found | None,
     states: list[SiteState],
     refs: RegistryRefs,
 ) -> TaskOverview:
@@ -382,18 +385,12 @@ def read_task_status(repo: GitRepo, refs: RegistryRefs, task_id: str) -> TaskSta
     if not is_valid_name(task_id):
         raise PtmError(f"{task_id!r} is not a valid task id")
     branches = result_branches(repo, refs)
-    task_dir = f"{TASKS_DIR}/{task_id}"
-    specs = [
-        f"{refs.tasks_ref}:{task_dir}/{TASK_FILE}",
-        f"{refs.tasks_ref}:{task_dir}/{CANCEL_FILE}",
-    ]
-    specs += [
-        f"{ref}:{result_path(task_id, site)}/{STATUS_FILE}" for site, ref in branches.refs.items()
-    ]
-    task_data, cancel_data, *status_data = read_blobs(repo, specs)
+    task_data, cancel_data = one_task_files(
+        repo, repo.rev_parse(refs.tasks_ref), refs.tasks_branch, task_id
+    )
     reported = [
         _full_site_status(task_id, site, data)
-        for site, data in zip(branches.refs, status_data, strict=True)
+        for site, data in status_files(repo, branches.tips, task_id).items()
         if data is not None
     ]
     if task_data is None and not reported:
@@ -407,20 +404,26 @@ def read_task_status(repo: GitRepo, refs: RegistryRefs, task_id: str) -> TaskSta
 
 
 def _load_task(
-    task_id: str, data: bytes | None, refs: RegistryRefs
+    task_id: str, data: bytes | Refused | None, refs: RegistryRefs
 ) -> tuple[Task | None, str | None]:
     source = f"{refs.tasks_branch}:{TASKS_DIR}/{task_id}/{TASK_FILE}"
     if data is None:
         return None, f"no {source}"
+    if isinstance(data, Refused):
+        return None, str(data)
     try:
         return Task.from_document(task_id, load_yaml_text(data, source=source), source=source), None
     except InvalidDocument as exc:
         return None, str(exc)
 
 
-def _load_cancel(task_id: str, data: bytes | None, refs: RegistryRefs) -> Cancellation | None:
+def _load_cancel(
+    task_id: str, data: bytes | Refused | None, refs: RegistryRefs
+) -> Cancellation | None:
     if data is None:
         return None
+    if isinstance(data, Refused):
+        return Cancellation(task_id, f"(cancel.yaml was refused: {data})")
     source = f"{refs.tasks_branch}:{TASKS_DIR}/{task_id}/{CANCEL_FILE}"
     try:
         document = load_yaml_text(data, source=source)
@@ -435,8 +438,10 @@ def _load_cancel(task_id: str, data: bytes | None, refs: RegistryRefs) -> Cancel
     )
 
 
-def _full_site_status(task_id: str, site: str, data: bytes) -> SiteStatus:
+def _full_site_status(task_id: str, site: str, data: bytes | Refused) -> SiteStatus:
     source = f"{RESULTS_DIR}/{site}:{result_path(task_id, site)}/{STATUS_FILE}"
+    if isinstance(data, Refused):
+        return SiteStatus(site, INVALID, None, str(data))
     try:
         document = load_yaml_text(data, source=source, max_bytes=MAX_FLAT_BYTES)
         record = StatusRecord.from_document(document, source=source)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 MEMO_NAME = "ptm-overview-memo.json"
-MEMO_FORMAT = 2  # raise when what is kept, or how files are read, changes
+MEMO_FORMAT = 3  # raise when what is kept, or how files are read, changes
 
 Reading = Mapping[str, Any]  # {"fields": {…}} or {"problem": "…"}
 

@@ -254,6 +254,34 @@ def read_folder(repo: GitRepo, tree_oid: str, *, where: str, max_bytes: int) -> 
         raise TreeRefused(f"{where}: not a well-formed tree ({exc})") from exc
 
 
+def read_folders(
+    repo: GitRepo, oids: Sequence[str], *, max_bytes: int, max_total_bytes: int
+) -> list[list[RawEntry] | str]:
+    """The raw entries of many tree objects with two git processes; for each tree that is
+    missing, no tree, over ``max_bytes``, beyond ``max_total_bytes`` in all, or malformed,
+    why (a message) instead. Sizes are checked before anything is read."""
+    found: list[list[RawEntry] | str] = []
+    wanted: list[tuple[int, str]] = []
+    total = 0
+    for index, (oid, info) in enumerate(zip(oids, object_sizes(repo, oids), strict=True)):
+        if info is None or info[0] != "tree":
+            found.append("is not a folder")
+        elif info[1] > max_bytes:
+            found.append(f"its listing is {info[1]} bytes, at most {max_bytes} are read")
+        elif total + info[1] > max_total_bytes:
+            found.append(f"brings the listings read over {max_total_bytes} bytes")
+        else:
+            total += info[1]
+            found.append([])
+            wanted.append((index, oid))
+    for (index, _), data in zip(wanted, read_raw(repo, [oid for _, oid in wanted]), strict=True):
+        try:
+            found[index] = parse_tree_object(data or b"")
+        except ValueError as exc:
+            found[index] = f"is not a well-formed tree ({exc})"
+    return found
+
+
 def lookup(entries: Iterable[RawEntry], name: str) -> list[RawEntry]:
     """Every entry of one folder called ``name`` (a crafted tree may hold several)."""
     wanted = name.encode("utf-8")

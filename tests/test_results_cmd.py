@@ -237,6 +237,19 @@ def test_wait_without_timeout_reads_a_finished_task_at_once(
     assert results(work, "t1", "--wait", "--out", str(tmp_path / "out")) == 0
 
 
+def _read_all(leader: int) -> bytes:
+    """Everything written to a pty whose other end is closed (one read may return a part)."""
+    chunks = []
+    try:
+        while chunk := os.read(leader, 4096):
+            chunks.append(chunk)
+    except OSError:  # EIO: the other end is closed and everything was read
+        pass
+    finally:
+        os.close(leader)
+    return b"".join(chunks)
+
+
 def test_progress_line_rewrites_itself_on_a_terminal(bare_registry: Path, work: Path) -> None:
     from ptm.api import Registry
 
@@ -247,8 +260,7 @@ def test_progress_line_rewrites_itself_on_a_terminal(bare_registry: Path, work: 
         progress.show(status, 1.0, [])
         progress.show(status, 2.0, [])
         progress.close()
-    written = os.read(leader, 4096).decode()
-    os.close(leader)
+    written = _read_all(leader).decode()
     assert written.replace("\r\n", "\n").count("\r") == 2
     assert "t1: 1/2 sites finished (waiting: hospital-b running) · 2s" in written
     assert written.rstrip(" ").endswith(("\n", "\r\n"))

@@ -363,12 +363,16 @@ def test_few_git_processes_whatever_the_number_of_sites(
     monkeypatch.setenv("GIT_TRACE", str(trace))
     assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
     commands = _git_processes(trace)
-    # for-each-ref, rev-parse, ls-tree of the tasks, one ls-tree per site, one cat-file --batch
-    assert len(commands) == 4 + 12, commands
-    assert sum("cat-file" in c for c in commands) == 1
+    # rev-parse, for-each-ref, then two cat-file per tree level (sizes, then contents) for the
+    # tasks branch (commit, root, tasks/, task folders) and for all sites together (commit,
+    # root, results/, task folders, site folders), and two to read the files: none per site
+    assert len(commands) == 2 + 2 * 4 + 2 * 5 + 2, commands
+    assert sum("cat-file" in c for c in commands) == len(commands) - 2
     trace.unlink()
     assert ptm("status", "t1", "--no-fetch", "--registry", str(federation)) == 0
-    assert len(_git_processes(trace)) == 2  # for-each-ref, cat-file --batch
+    # for-each-ref, rev-parse; the task (commit, root, tasks/, its folder, the files); the
+    # sites together (commit, root, results/, results/t1/, the site folders, the files)
+    assert len(_git_processes(trace)) == 2 + 2 * 5 + 2 * 6
     assert "site-09  completed" in capsys.readouterr().out
 
 
@@ -403,7 +407,7 @@ def test_overview_reads_only_files_that_changed(
     memo.write_text("{not json")
     assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
     assert "1 completed, 1 denied, 1 waiting" in capsys.readouterr().out
-    assert json.loads(memo.read_text())["format"] == 2
+    assert json.loads(memo.read_text())["format"] == 3
 
 
 def test_url_reads_through_a_cache_clone(

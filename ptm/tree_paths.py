@@ -1,0 +1,200 @@
+"""Finding files at known paths in many untrusted branches at once, one tree level at a time.
+
+The overview, the detail view and ``ptm results`` need a few files at known places
+(``results/<task>/<site>/status.yaml``, ``tasks/<id>/task.yaml``) from dozens of branches. Each
+level of all of them is read with two git processes (``ptm.treecheck.read_folders``, sizes
+first), and each folder's entries are checked by ``ptm.treecheck.check_folder``. A path that
+leads through anything refused (a duplicate name, a link, a blob where a folder should be, a
+folder where a file should be, a listing or a file over its cap) gives a ``Refused`` naming the
+path and the rule, never an exception, so one bad branch leaves every other one readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ptm.gitrepo import GitRepo
+from ptm.treecheck import (
+    FILE_MODES,
+    MODE_NAMES,
+    TREE_MODE,
+    RawEntry,
+    check_folder,
+    object_sizes,
+    read_folders,
+    read_raw,
+)
+
+K = TypeVar("K", bound=Hashable)
+
+FOLDER_BYTES = 16 * 1024**2  # one listing: some 300,000 entries, for registries of many tasks
+LEVEL_BYTES = 256 * 1024**2  # all listings of one level together
+COMMIT_BYTES = 1024**2
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why a path could not be followed: ``message`` names the path (safe text) and the rule."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Folder:
+    """One checked folder: entries that passed, and why each refused name was refused."""
+
+    entries: Mapping[str, RawEntry]
+    refused: Mapping[str, str]  # name as shown (escaped) → why
+
+    def pick(self, name: str, where: str) -> RawEntry | Refused | None:
+        """The one entry called ``name`` (None when there is none)."""
+        if name in self.refused:
+            return Refused(f"{where}: {self.refused[name]}")
+        return self.entries.get(name)
+
+
+def root_trees(repo: GitRepo, commits: Mapping[K, str]) -> dict[K, str | Refused]:
+    """The root tree of each commit (read from the commit objects, two git processes)."""
+    keys = list(commits)
+    oids = [commits[k] for k in keys]
+    found: dict[K, str | Refused] = {}
+    readable = []
+    for key, info in zip(keys, object_sizes(repo, oids), strict=True):
+        if info is None or info[0] != "commit" or info[1] > COMMIT_BYTES:
+            found[key] = Refused(f"{commits[key][:12]}: not a readable commit")
+        else:
+            readable.append(key)
+    for key, data in zip(readable, read_raw(repo, [commits[k] for k in readable]), strict=True):
+        first = (data or b"").split(b"\n", 1)[0]
+        tree = first.removeprefix(b"tree ").decode("ascii", "replace")
+        ok = first.startswith(b"tree ") and len(tree) == 40
+        found[key] = tree if ok else Refused(f"{commits[key][:12]}: not a well-formed commit")
+    return found
+
+
+def list_folders(
+    repo: GitRepo, trees: Mapping[K, str], where: Mapping[K, str], *, max_bytes: int = FOLDER_BYTES
+) -> dict[K, Folder | Refused]:
+    """Each tree's checked folder; ``where`` names each tree in messages."""
+    keys = list(trees)
+    listings = read_folders(
+        repo, [trees[k] for k in keys], max_bytes=max_bytes, max_total_bytes=LEVEL_BYTES
+    )
+    found: dict[K, Folder | Refused] = {}
+    for key, raw in zip(keys, listings, strict=True):
+        if isinstance(raw, str):
+            found[key] = Refused(f"{where[key]}: {raw}")
+            continue
+        accepted, problems = check_folder(raw)
+        refused = {name: f"{message} [{rule}]" for name, rule, message in problems}
+        found[key] = Folder({name: entry for entry, name in accepted}, refused)
+    return found
+
+
+def step(
+    repo: GitRepo,
+    trees: Mapping[K, str | Refused | None],
+    name: str | Mapping[K, str],
+    where: Mapping[K, str],
+    *,
+    max_bytes: int = FOLDER_BYTES,
+) -> dict[K, RawEntry | Refused | None]:
+    """Entry ``name`` (or ``name[key]``) of each tree; a Refused or None in ``trees`` stays."""
+    readable = {k: oid for k, oid in trees.items() if isinstance(oid, str)}
+    folders = list_folders(repo, readable, where, max_bytes=max_bytes)
+    found: dict[K, RawEntry | Refused | None] = {}
+    for key, tree in trees.items():
+        folder = folders.get(key)
+        if not isinstance(tree, str):
+            found[key] = tree
+        elif isinstance(folder, Folder):
+            wanted = name if isinstance(name, str) else name[key]
+            found[key] = folder.pick(wanted, child(where[key], wanted))
+        else:
+            found[key] = folder
+    return found
+
+
+def as_folder(entry: RawEntry | Refused | None, where: str) -> str | Refused | None:
+    """The tree id of ``entry``, or why it is no folder."""
+    if entry is None or isinstance(entry, Refused):
+        return entry
+    if entry.mode != TREE_MODE:
+        return Refused(f"{where}: {_kind(entry.mode)}, where a folder should be")
+    return entry.oid
+
+
+def follow(
+    repo: GitRepo,
+    roots: Mapping[K, str | Refused | None],
+    path: Sequence[str | Mapping[K, str]],
+    where: Mapping[K, str],
+) -> dict[K, str | Refused | None]:
+    """The tree at folder ``path`` below each root (each part a folder, the same for every
+    root or one per root), or why not."""
+    current: dict[K, str | Refused | None] = dict(roots)
+    shown = dict(where)
+    for part in path:
+        entries = step(repo, current, part, shown)
+        shown = {
+            k: child(label, part if isinstance(part, str) else part[k])
+            for k, label in shown.items()
+        }
+        current = {k: as_folder(entry, shown[k]) for k, entry in entries.items()}
+    return current
+
+
+def child(label: str, name: str) -> str:
+    """``results/a:results`` for ``results/a:`` and ``results``; ``…/t1`` below a folder."""
+    return f"{label}{name}" if label.endswith(":") else f"{label}/{name}"
+
+
+def read_files(
+    repo: GitRepo,
+    entries: Mapping[K, RawEntry | Refused | None],
+    where: Mapping[K, str],
+    *,
+    max_bytes: int,
+) -> dict[K, bytes | Refused | None]:
+    """The contents of each entry that is a regular file of at most ``max_bytes``."""
+    found: dict[K, bytes | Refused | None] = {}
+    files: dict[K, str] = {}
+    for key, entry in entries.items():
+        if entry is None or isinstance(entry, Refused):
+            found[key] = entry
+        elif entry.mode not in FILE_MODES:
+            found[key] = Refused(f"{where[key]}: {_kind(entry.mode)}, where a file should be")
+        else:
+            files[key] = entry.oid
+    contents = read_blobs(repo, list(files.values()), max_bytes=max_bytes)
+    for key, data in zip(files, contents, strict=True):
+        found[key] = data if isinstance(data, bytes) else Refused(f"{where[key]}: {data}")
+    return found
+
+
+def read_blobs(repo: GitRepo, oids: Sequence[str], *, max_bytes: int) -> list[bytes | str]:
+    """Each blob's contents, or why not (missing, no file, over ``max_bytes``); sizes first."""
+    found: list[bytes | str] = []
+    readable: list[tuple[int, str]] = []
+    for index, (oid, info) in enumerate(zip(oids, object_sizes(repo, oids), strict=True)):
+        if info is None or info[0] != "blob":
+            found.append("its file object is missing or no file [missing]")
+        elif info[1] > max_bytes:
+            found.append(f"is {info[1]} bytes, at most {max_bytes} are read [max-bytes]")
+        else:
+            found.append(b"")
+            readable.append((index, oid))
+    for (index, _), data in zip(readable, read_raw(repo, [o for _, o in readable]), strict=True):
+        found[index] = data if data is not None else "could not be read [missing]"
+    return found
+
+
+def _kind(mode: bytes) -> str:
+    if mode == TREE_MODE:
+        return "is a folder [mode]"
+    return f"is {MODE_NAMES.get(mode, 'of an unknown mode')} [mode]"
