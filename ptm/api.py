@@ -88,6 +88,7 @@ class SiteResult:
     files: tuple[str, ...]  # relative to folder
     record: StatusRecord | None
     refused: tuple[str, ...] = ()  # paths on the branch that were not written, and why
+    problem: str | None = None  # why nothing was collected from this site (it was refused)
 
     @property
     def output_files(self) -> tuple[str, ...]:
@@ -309,4 +310,5 @@ def _site_result(status: TaskStatus, collected: CollectedSite) -> SiteResult:
         collected.files,
         record,
         collected.refused,
+        collected.problem,
     )

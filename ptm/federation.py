@@ -28,7 +28,6 @@ from ptm.federation_trees import (
     Found,
     Listing,
     one_task_files,
-    status_files,
     status_listings,
     task_listing,
 )
@@ -385,12 +384,13 @@ def read_task_status(repo: GitRepo, refs: RegistryRefs, task_id: str) -> TaskSta
     if not is_valid_name(task_id):
         raise PtmError(f"{task_id!r} is not a valid task id")
     branches = result_branches(repo, refs)
-    task_data, cancel_data = one_task_files(
-        repo, repo.rev_parse(refs.tasks_ref), refs.tasks_branch, task_id
+    files = one_task_files(
+        repo, repo.rev_parse(refs.tasks_ref), refs.tasks_branch, task_id, branches.tips
     )
+    task_data, cancel_data = files.task, files.cancel
     reported = [
         _full_site_status(task_id, site, data)
-        for site, data in status_files(repo, branches.tips, task_id).items()
+        for site, data in files.statuses.items()
         if data is not None
     ]
     if task_data is None and not reported:

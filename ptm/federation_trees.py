@@ -20,9 +20,12 @@ from ptm.task import CANCEL_FILE, TASK_FILE, TASKS_DIR
 from ptm.tree_paths import (
     Folder,
     Refused,
+    Wanted,
+    as_folder,
     child,
     follow,
     list_folders,
+    locate,
     read_files,
     root_trees,
     step,
@@ -178,45 +181,49 @@ def _status_entries(
 # -- one task ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TaskFileContents:
+    """One task's files as the detail view reads them (None: not there)."""
+
+    task: bytes | Refused | None
+    cancel: bytes | Refused | None
+    statuses: Mapping[str, bytes | Refused | None]  # site → its status.yaml
+
+
 def one_task_files(
-    repo: GitRepo, tip: str | None, branch: str, task_id: str
-) -> tuple[bytes | Refused | None, bytes | Refused | None]:
-    """(task.yaml, cancel.yaml) of ``tasks/<task_id>/`` on the tasks branch at ``tip``."""
-    if tip is None:
-        return None, None
-    where = child(branch_label(branch), f"{TASKS_DIR}/{task_id}")
-    roots = root_trees(repo, {0: tip})
-    tree = follow(repo, roots, [TASKS_DIR, task_id], {0: branch_label(branch)})[0]
-    if not isinstance(tree, str):
-        return tree, None
-    folder = list_folders(repo, {0: tree}, {0: where}, max_bytes=TASK_FOLDER_BYTES)[0]
-    if isinstance(folder, Refused):
-        return folder, None
-    names = (TASK_FILE, CANCEL_FILE)
-    entries = {name: folder.pick(name, child(where, name)) for name in names}
-    found = read_files(
-        repo, entries, {n: child(where, n) for n in names}, max_bytes=MAX_DOCUMENT_BYTES
-    )
-    return found[TASK_FILE], found[CANCEL_FILE]
+    repo: GitRepo, tip: str | None, branch: str, task_id: str, site_tips: Mapping[str, str]
+) -> TaskFileContents:
+    """task.yaml and cancel.yaml of ``tasks/<task_id>/`` on the tasks branch at ``tip``, and
+    each site's ``results/<task_id>/<site>/status.yaml``: all walked together."""
+    label = branch_label(branch)
+    wanted: dict[str, Wanted] = {}
+    if tip is not None:
+        wanted = {name: Wanted(tip, (TASKS_DIR, task_id, name), label) for name in NAMES}
+    sites = {f"site {s}": _site_path(s, t, task_id, STATUS_FILE) for s, t in site_tips.items()}
+    wanted.update(sites)
+    caps = {key: MAX_STATUS_BYTES if key in sites else MAX_DOCUMENT_BYTES for key in wanted}
+    labels = {key: _shown(w) for key, w in wanted.items()}
+    found = read_files(repo, locate(repo, wanted), labels, max_bytes=caps)
+    statuses = {site: found[f"site {site}"] for site in site_tips}
+    return TaskFileContents(found.get(TASK_FILE), found.get(CANCEL_FILE), statuses)
+
+
+NAMES = (TASK_FILE, CANCEL_FILE)
 
 
 def site_folders(
     repo: GitRepo, tips: Mapping[str, str], task_id: str
 ) -> dict[str, str | Refused | None]:
     """The tree of ``results/<task_id>/<site>/`` on each site's own branch (None: not there)."""
-    labels = {site: branch_label(f"{RESULTS_DIR}/{site}") for site in tips}
-    sites = {site: site for site in tips}
-    return follow(repo, root_trees(repo, tips), [RESULTS_DIR, task_id, sites], labels)
+    wanted = {site: _site_path(site, tip, task_id) for site, tip in tips.items()}
+    found = locate(repo, wanted)
+    return {site: as_folder(found[site], _shown(w)) for site, w in wanted.items()}
 
 
-def status_files(
-    repo: GitRepo, tips: Mapping[str, str], task_id: str
-) -> dict[str, bytes | Refused | None]:
-    """Each site's ``results/<task_id>/<site>/status.yaml``, size checked before reading."""
-    folders = site_folders(repo, tips, task_id)
-    labels = {
-        site: f"{RESULTS_DIR}/{site}:{RESULTS_DIR}/{task_id}/{site}/{STATUS_FILE}" for site in tips
-    }
-    folder_labels = {site: label.rsplit("/", 1)[0] for site, label in labels.items()}
-    entries = step(repo, folders, STATUS_FILE, folder_labels, max_bytes=TASK_FOLDER_BYTES)
-    return read_files(repo, entries, labels, max_bytes=MAX_STATUS_BYTES)
+def _site_path(site: str, tip: str, task_id: str, *more: str) -> Wanted:
+    label = branch_label(f"{RESULTS_DIR}/{site}")
+    return Wanted(tip, (RESULTS_DIR, task_id, site, *more), label)
+
+
+def _shown(wanted: Wanted) -> str:
+    return f"{wanted.label}{'/'.join(wanted.path)}"

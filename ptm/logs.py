@@ -22,6 +22,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from ptm.console import printable
 from ptm.urls import redact_text
 
 FIELDS = ("task", "decision", "reason")
@@ -91,7 +92,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         site = site_of(record)
         record.site = f"[{site}] " if site else ""
-        return redact_text(super().format(record))
+        # a task's reason or a log line may hold escape sequences: one safe line per message
+        message = printable(record.getMessage())
+        safe = logging.makeLogRecord({**vars(record), "msg": message, "args": None})
+        return redact_text(super().format(safe))
 
 
 class JournalFormatter(logging.Formatter):

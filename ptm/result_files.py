@@ -1,27 +1,41 @@
 """Copying a task's result files from the results branches into a local folder, safely.
 
-Everything on a results branch is untrusted: only ``status.yaml``, ``log.txt`` and ``output/…``
-of a site's own folder are copied, only regular files, only paths made of plain parts (no empty,
-``.`` or ``..`` part, no control characters); each site's folder is built afresh next to its
-final place and then swapped in, so nothing is ever written through a link or outside the folder.
+Everything on a results branch is untrusted. Each site's folder ``results/<task>/<site>/`` on
+its own branch is read through ``ptm.treecheck`` (names, modes, duplicates, sizes, entry count
+and depth checked before any file is read); only ``status.yaml``, ``log.txt`` and ``output/…``
+are copied, as regular non-executable files, into a fresh folder made with no-follow semantics,
+which is then swapped in as ``<out>/<site>``. A refused entry is not written and is listed; a
+site whose folder cannot be read at all, whose ``status.yaml`` is refused, or that is over a cap
+is refused as a whole (nothing written, the reason kept), and every other site is collected.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ptm.errors import PtmError
-from ptm.federation import WAITING, RegistryRefs, TaskStatus
+from ptm.federation import WAITING, RegistryRefs, TaskStatus, result_branches
+from ptm.federation_trees import MAX_STATUS_BYTES, site_folders
 from ptm.gitrepo import GitRepo
-from ptm.gittrees import TreeEntry, list_trees, read_blobs
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, RESULTS_DIR, STATUS_FILE, result_path
 from ptm.names import is_valid_name
+from ptm.tree_paths import Refused
+from ptm.treecheck import Caps, CheckedTree, TreeProblem, TreeRefused, checked_tree, write_tree
+
+MAX_LOG_BYTES = 16 * 1024**2
+RESULT_CAPS = Caps(
+    max_entries=5000,
+    max_depth=16,
+    max_blob_bytes=256 * 1024**2,  # one file in memory at a time: this is the most
+    max_total_bytes=1024**3,
+    max_tree_bytes=1024**2,
+)
+SITE_RULES = frozenset({"max-entries", "max-depth", "max-total-bytes"})  # refuse the whole site
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -45,6 +59,7 @@ class CollectedSite:
     folder: Path
     files: tuple[str, ...]  # status.yaml, log.txt, output/… (relative to folder)
     refused: tuple[str, ...]  # paths on the branch that were not written, and why
+    problem: str | None = None  # why nothing was collected from this site
 
 
 def collect_results(
@@ -57,77 +72,85 @@ def collect_results(
 ) -> dict[str, CollectedSite]:
     """Copy each reporting site's status.yaml, log.txt and output/ into ``out_dir/<site>/``."""
     reporting = [s for s in status.sites if s.state != WAITING and (not sites or s.site in sites)]
-    names = [s.site for s in reporting]
-    for name in names:  # TaskStatus only holds valid names; checked again as this writes
-        if not is_valid_name(name):
-            raise PtmError(f"{name!r} is not a valid site name; refusing to write it")
-    listings = list_trees(
-        repo, [refs.results_ref(n) for n in names], f"{RESULTS_DIR}/{status.task_id}/"
-    )
-    plans = [
-        _plan_site(status.task_id, site, entries)
-        for site, entries in zip(names, listings, strict=True)
-    ]
-    oids = [oid for wanted, _ in plans for oid in wanted.values()]
-    contents = dict(zip(oids, read_blobs(repo, oids), strict=True))
+    for reported in reporting:  # TaskStatus only holds valid names; checked again here
+        if not is_valid_name(reported.site):
+            raise PtmError(f"{reported.site!r} is not a valid site name; refusing to write it")
+    tips = result_branches(repo, refs).tips
+    folders = site_folders(repo, {s.site: tips[s.site] for s in reporting}, status.task_id)
     out_dir.mkdir(parents=True, exist_ok=True)
-    collected = {}
-    for site_status, (wanted, refused) in zip(reporting, plans, strict=True):
-        files = {path: contents.get(oid) or b"" for path, oid in wanted.items()}
-        folder = _write_site_folder(out_dir, site_status.site, files)
-        collected[site_status.site] = CollectedSite(
-            site_status.site, site_status.state, folder, tuple(sorted(files)), refused
-        )
+    collected: dict[str, CollectedSite] = {}
+    for site_status in reporting:
+        site = site_status.site
+        where = f"{RESULTS_DIR}/{site}:{result_path(status.task_id, site)}"
+        try:
+            collected[site] = _collect_site(repo, folders[site], where, out_dir / site)
+        except (PtmError, OSError) as exc:
+            collected[site] = _refused_site(out_dir / site, str(exc))
+        collected[site] = replace(collected[site], site=site, state=site_status.state)
     return collected
 
 
-def _plan_site(
-    task_id: str, site: str, entries: list[TreeEntry]
-) -> tuple[dict[str, str], tuple[str, ...]]:
-    """(relative path → blob id to write, refused paths with the reason) for one site."""
-    prefix = f"{result_path(task_id, site)}/"
-    wanted: dict[str, str] = {}
-    refused: list[str] = []
-    for entry in entries:
-        if not entry.path.startswith(prefix):
-            continue
-        relative = entry.path[len(prefix) :]
-        if not (relative in (STATUS_FILE, LOG_FILE) or relative.startswith(f"{OUTPUT_DIR}/")):
-            continue
-        if not is_safe_relative_path(relative):
-            refused.append(f"{entry.path!r}: unsafe path")
-        elif not entry.is_regular_file:
-            refused.append(f"{entry.path!r}: not a regular file (mode {entry.mode})")
-        else:
-            wanted[relative] = entry.oid
-    return wanted, tuple(refused)
-
-
-def _write_site_folder(out_dir: Path, site: str, files: Mapping[str, bytes]) -> Path:
-    """Write ``files`` into a fresh folder, then swap it in as ``out_dir/<site>``."""
-    final = out_dir / site
-    staging = Path(tempfile.mkdtemp(prefix=f".{site}.", suffix=".partial", dir=out_dir))
+def _collect_site(
+    repo: GitRepo, folder: str | Refused | None, where: str, final: Path
+) -> CollectedSite:
+    if not isinstance(folder, str):
+        return _refused_site(final, str(folder or f"{where}: not found"))
     try:
-        for relative, data in files.items():
-            _write_new_file(staging, relative, data)
+        tree = checked_tree(repo, folder, where=where, caps=RESULT_CAPS)
+    except TreeRefused as exc:
+        return _refused_site(final, str(exc))
+    wanted, refused = _select(tree, where)
+    fatal = [str(p) for p in tree.problems if p.rule in SITE_RULES or _is_status(p, where)]
+    fatal += [r for r in refused if r.startswith(f"{where}/{STATUS_FILE}:")]
+    if fatal:
+        return _refused_site(final, fatal[0])
+    _write_site_folder(repo, wanted, final)
+    notes = (*(str(p) for p in tree.problems), *refused)
+    files = tuple(sorted(e.path for e in wanted.files))
+    return CollectedSite("", "", final, files, notes)
+
+
+def _is_status(problem: TreeProblem, where: str) -> bool:
+    return problem.path == f"{where}/{STATUS_FILE}"
+
+
+def _select(tree: CheckedTree, where: str) -> tuple[CheckedTree, list[str]]:
+    """The entries to write (status.yaml, log.txt, output/…, never executable), and why any
+    of those was refused."""
+    caps = {STATUS_FILE: MAX_STATUS_BYTES, LOG_FILE: MAX_LOG_BYTES}
+    kept = []
+    refused = []
+    for entry in tree.entries:
+        top = entry.path.split("/", 1)[0]
+        shown = f"{where}/{entry.path}"
+        if entry.path in caps and entry.is_dir:
+            refused.append(f"{shown}: is a folder, where a file should be [mode]")
+        elif entry.path in caps and entry.size > caps[entry.path]:
+            cap = caps[entry.path]
+            refused.append(f"{shown}: is {entry.size} bytes, at most {cap} [max-bytes]")
+        elif entry.path == OUTPUT_DIR and not entry.is_dir:
+            refused.append(f"{shown}: is a file, where a folder should be [mode]")
+        elif entry.path in caps or top == OUTPUT_DIR:
+            kept.append(replace(entry, executable=False))
+    return CheckedTree(tree.oid, tuple(kept)), refused
+
+
+def _refused_site(final: Path, problem: str) -> CollectedSite:
+    """Nothing is collected; an earlier collection of this site is removed, so that what is
+    on disk never differs from what was judged."""
+    _remove_existing(final)
+    return CollectedSite("", "", final, (), (), problem)
+
+
+def _write_site_folder(repo: GitRepo, tree: CheckedTree, final: Path) -> None:
+    """Write ``tree`` into a fresh folder, then swap it in as ``final``."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        write_tree(repo, tree, staging / "site")
         _remove_existing(final)
-        staging.rename(final)
+        (staging / "site").rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
-def _write_new_file(root: Path, relative: str, data: bytes) -> None:
-    if not is_safe_relative_path(relative):
-        raise PtmError(f"refusing to write {relative!r}: unsafe path")
-    target = root.joinpath(*relative.split("/"))
-    if os.path.commonpath([root, os.path.normpath(target)]) != str(root):
-        raise PtmError(f"refusing to write {relative!r}: outside {root}")
-    # Every folder below ``root`` is made here, in a folder made moments ago: none is a link.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(target, flags, 0o644), "wb") as stream:
-        stream.write(data)
 
 
 def _remove_existing(path: Path) -> None:

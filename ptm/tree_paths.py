@@ -11,6 +11,7 @@ path and the rule, never an exception, so one bad branch leaves every other one 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,7 +32,7 @@ K = TypeVar("K", bound=Hashable)
 
 FOLDER_BYTES = 16 * 1024**2  # one listing: some 300,000 entries, for registries of many tasks
 LEVEL_BYTES = 256 * 1024**2  # all listings of one level together
-COMMIT_BYTES = 1024**2
+_HEX = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -59,21 +60,19 @@ class Folder:
 
 
 def root_trees(repo: GitRepo, commits: Mapping[K, str]) -> dict[K, str | Refused]:
-    """The root tree of each commit (read from the commit objects, two git processes)."""
-    keys = list(commits)
-    oids = [commits[k] for k in keys]
-    found: dict[K, str | Refused] = {}
-    readable = []
-    for key, info in zip(keys, object_sizes(repo, oids), strict=True):
-        if info is None or info[0] != "commit" or info[1] > COMMIT_BYTES:
-            found[key] = Refused(f"{commits[key][:12]}: not a readable commit")
+    """The root tree of each commit, with one ``git cat-file --batch-check``."""
+    keys = [k for k in commits if _HEX.fullmatch(commits[k])]
+    found: dict[K, str | Refused] = {
+        k: Refused(f"{commits[k][:40]!r}: not a commit id") for k in commits if k not in keys
+    }
+    request = "".join(f"{commits[k]}^{{tree}}\n" for k in keys).encode("ascii")
+    out = repo.run_with_input("cat-file", "--batch-check", stdin=request) if keys else b""
+    for key, line in zip(keys, out.decode("ascii", "replace").splitlines(), strict=True):
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[1] == "tree":
+            found[key] = parts[0]
         else:
-            readable.append(key)
-    for key, data in zip(readable, read_raw(repo, [commits[k] for k in readable]), strict=True):
-        first = (data or b"").split(b"\n", 1)[0]
-        tree = first.removeprefix(b"tree ").decode("ascii", "replace")
-        ok = first.startswith(b"tree ") and len(tree) == 40
-        found[key] = tree if ok else Refused(f"{commits[key][:12]}: not a well-formed commit")
+            found[key] = Refused(f"{commits[key][:12]}: not a readable commit")
     return found
 
 
@@ -82,9 +81,10 @@ def list_folders(
 ) -> dict[K, Folder | Refused]:
     """Each tree's checked folder; ``where`` names each tree in messages."""
     keys = list(trees)
-    listings = read_folders(
-        repo, [trees[k] for k in keys], max_bytes=max_bytes, max_total_bytes=LEVEL_BYTES
-    )
+    unique = list(dict.fromkeys(trees.values()))  # the same tree is often reached twice
+    read = read_folders(repo, unique, max_bytes=max_bytes, max_total_bytes=LEVEL_BYTES)
+    by_oid = dict(zip(unique, read, strict=True))
+    listings = [by_oid[trees[k]] for k in keys]
     found: dict[K, Folder | Refused] = {}
     for key, raw in zip(keys, listings, strict=True):
         if isinstance(raw, str):
@@ -154,14 +154,48 @@ def child(label: str, name: str) -> str:
     return f"{label}{name}" if label.endswith(":") else f"{label}/{name}"
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """A path to find below a commit's root; ``label`` names the branch in messages."""
+
+    commit: str
+    path: tuple[str, ...]
+    label: str
+
+
+def locate(repo: GitRepo, wanted: Mapping[K, Wanted]) -> dict[K, RawEntry | Refused | None]:
+    """The entry at each wanted path (every part before the last a folder), all paths walked
+    together: one git process for the roots and two per level, whatever their number."""
+    roots = root_trees(repo, {k: w.commit for k, w in wanted.items()})
+    current: dict[K, str | Refused | None] = dict(roots)
+    found: dict[K, RawEntry | Refused | None] = {}
+    depth = 0
+    while current:
+        labels = {k: _label(wanted[k], depth) for k in current}
+        entries = step(repo, current, {k: wanted[k].path[depth] for k in current}, labels)
+        depth += 1
+        current = {}
+        for key, entry in entries.items():
+            if depth == len(wanted[key].path) or not isinstance(entry, RawEntry):
+                found[key] = entry
+            else:
+                current[key] = as_folder(entry, _label(wanted[key], depth))
+    return found
+
+
+def _label(wanted: Wanted, depth: int) -> str:
+    return f"{wanted.label}{'/'.join(wanted.path[:depth])}"
+
+
 def read_files(
     repo: GitRepo,
     entries: Mapping[K, RawEntry | Refused | None],
     where: Mapping[K, str],
     *,
-    max_bytes: int,
+    max_bytes: int | Mapping[K, int],
 ) -> dict[K, bytes | Refused | None]:
-    """The contents of each entry that is a regular file of at most ``max_bytes``."""
+    """The contents of each entry that is a regular file of at most ``max_bytes`` (one cap
+    for all, or one per key); sizes are checked before anything is read."""
     found: dict[K, bytes | Refused | None] = {}
     files: dict[K, str] = {}
     for key, entry in entries.items():
@@ -171,8 +205,11 @@ def read_files(
             found[key] = Refused(f"{where[key]}: {_kind(entry.mode)}, where a file should be")
         else:
             files[key] = entry.oid
-    contents = read_blobs(repo, list(files.values()), max_bytes=max_bytes)
+    caps = {k: max_bytes if isinstance(max_bytes, int) else max_bytes[k] for k in files}
+    contents = read_blobs(repo, list(files.values()), max_bytes=max(caps.values(), default=0))
     for key, data in zip(files, contents, strict=True):
+        if isinstance(data, bytes) and len(data) > caps[key]:
+            data = f"is {len(data)} bytes, at most {caps[key]} are read [max-bytes]"
         found[key] = data if isinstance(data, bytes) else Refused(f"{where[key]}: {data}")
     return found
 

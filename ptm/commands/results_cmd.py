@@ -13,6 +13,8 @@ from ptm.console import format_table, print_json, say, shorten, warn
 from ptm.errors import PtmError
 from ptm.federation import TaskStatus
 
+REFUSED = "refused"  # shown for a site whose results were refused as a whole
+
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser = commands.add_parser(
@@ -79,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, out_dir: Path, results: dict[str, SiteResult]) -> None:
     for result in results.values():
+        if result.problem is not None:
+            warn(f"{result.site}: refused, nothing collected: {result.problem}")
         for refused in result.refused:
             warn(f"{result.site}: not written: {refused}")
     if args.json:
@@ -88,13 +92,23 @@ def _report(args: argparse.Namespace, out_dir: Path, results: dict[str, SiteResu
         say(f"No site has reported on task {args.task_id} yet; nothing was written.")
         return
     rows = [
-        (r.site, r.state, len(r.output_files), str(r.folder), shorten(_reason(r), 50))
+        (r.site, _state(r), len(r.output_files), _folder(r), shorten(_reason(r), 50))
         for r in results.values()
     ]
     say(format_table(("SITE", "STATE", "OUTPUT FILES", "FOLDER", "REASON"), rows))
 
 
+def _state(result: SiteResult) -> str:
+    return REFUSED if result.problem is not None else result.state
+
+
+def _folder(result: SiteResult) -> str:
+    return "-" if result.problem is not None else str(result.folder)
+
+
 def _reason(result: SiteResult) -> str:
+    if result.problem is not None:
+        return result.problem
     return (result.record.reason if result.record is not None else None) or ""
 
 
@@ -108,6 +122,7 @@ def results_document(task_id: str, out_dir: Path, results: dict[str, SiteResult]
                 "folder": str(r.folder),
                 "files": list(r.files),
                 "refused": list(r.refused),
+                "problem": r.problem,
                 "reason": _reason(r) or None,
             }
             for site, r in results.items()

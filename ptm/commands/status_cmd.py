@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ptm.api import Registry
-from ptm.console import format_table, print_json, say, shorten, warn
+from ptm.console import format_table, print_json, printable, say, shorten, warn
 from ptm.federation import WAITING, Overview, SiteStatus, TaskOverview, TaskStatus
 from ptm.status import StatusRecord
 
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     overview = registry.overview(refresh=not args.no_fetch)
     for branch in overview.ignored_branches:
         warn(f"ignored branch {branch!r}: not results/<site> with a valid site name")
+    for problem in overview.problems:
+        warn(f"refused: {problem}")
     if args.json:
         print_json(overview_document(overview))
     else:
@@ -126,14 +128,15 @@ def overview_document(overview: Overview) -> dict[str, Any]:
 def detail_lines(status: TaskStatus) -> list[str]:
     lines = [f"Task {status.task_id}"]
     if status.task is not None:
-        lines.append(f"  image        {status.task.image}")
+        lines.append(f"  image        {printable(status.task.image)}")
         lines.append(f"  sites        {', '.join(status.task.sites)}")
         if status.task.description:
-            lines.append(f"  description  {status.task.description}")
+            lines.append(f"  description  {shorten(status.task.description, 200)}")
     if status.problem is not None:
         lines.append(f"  problem      {shorten(status.problem, 200)}")
     if status.cancellation is not None:
-        by = f" (by {status.cancellation.requested_by})" if status.cancellation.requested_by else ""
+        requested_by = status.cancellation.requested_by
+        by = f" (by {printable(requested_by)})" if requested_by else ""
         lines.append(f"  cancelled    {shorten(status.cancellation.reason, 200)}{by}")
     if not status.sites:
         lines += ["", "No site has reported yet."]
@@ -156,13 +159,14 @@ def _site_lines(site: SiteStatus) -> list[str]:
         ("image", record.image_digest or record.image_id or record.image),
         ("submitted by", record.submitted_by),
     ]
-    lines = [head] + [f"  {label:<13}{value}" for label, value in fields if value is not None]
+    lines = [head]
+    lines += [f"  {label:<13}{printable(value)}" for label, value in fields if value is not None]
     lines += [f"  {'output':<13}{_output_line(entry)}" for entry in record.outputs]
     return lines
 
 
 def _output_line(entry: Any) -> str:
-    return f"{entry.get('path')} ({entry.get('bytes')} bytes)"
+    return f"{printable(entry.get('path'))} ({printable(entry.get('bytes'))} bytes)"
 
 
 def task_status_document(status: TaskStatus) -> dict[str, Any]:
