@@ -33,14 +33,16 @@ from ptm.errors import PtmError
 from ptm.federation import Overview, RegistryRefs, TaskStatus
 from ptm.gitrepo import GitRepo
 from ptm.ledger import LOG_FILE, OUTPUT_DIR
+from ptm.object_commits import cancel_by_objects, submit_by_objects
 from ptm.overview_memo import OverviewMemo, memo_path
-from ptm.registry import REGISTRY_FILE, find_registry_root, tasks_branch
+from ptm.registry import find_registry_root, tasks_branch
 from ptm.registry_cache import (
     cache_clone,
     cache_home,
     cache_lock,
     is_bare_repository,
     looks_like_url,
+    tasks_branch_of,
 )
 from ptm.result_files import CollectedSite, collect_results, is_safe_relative_path
 from ptm.status import StatusRecord
@@ -123,7 +125,7 @@ class Registry:
     root: Path
     tasks_branch: str
     remote: str = DEFAULT_REMOTE
-    url: str | None = None  # set when ``root`` is ptm's cache clone, which ptm may reset
+    url: str | None = None  # set when ``root`` is ptm's cache clone (no work tree)
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -154,10 +156,8 @@ class Registry:
         if is_bare_repository(Path(url)):
             url = str(Path(url).resolve())
         root = cache_clone(url, cache_dir if cache_dir is not None else cache_home())
-        if not (root / REGISTRY_FILE).is_file():
-            raise PtmError(f"{url}: not a ptm registry (no {REGISTRY_FILE} on its default branch)")
         # No fetch here: a new clone has everything, and every reading method fetches first.
-        return cls(root, tasks_branch(root), DEFAULT_REMOTE, url)
+        return cls(root, tasks_branch_of(GitRepo(root), url), DEFAULT_REMOTE, url)
 
     @property
     def repo(self) -> GitRepo:
@@ -169,13 +169,9 @@ class Registry:
 
     def refresh(self) -> None:
         """Fetch the tasks branch and every results branch (one ``git fetch``)."""
+        # A cache clone is only fetched, never checked out: everything is read from objects.
         with cache_lock(self.root) if self.url else contextlib.nullcontext():
             federation.fetch(self.repo, self.refs)
-            if self.url is not None:  # our own cache clone: make it match the registry
-                self.repo.run(
-                    "checkout", "--quiet", "--force", "-B", self.tasks_branch, self.refs.tasks_ref
-                )
-                self.repo.run("clean", "--quiet", "-d", "--force", "-x")
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -247,8 +243,11 @@ class Registry:
     ) -> Submitted:
         """Write ``tasks/<id>/`` from ``draft`` (a TaskDraft or its fields), commit, push."""
         task = draft if isinstance(draft, TaskDraft) else draft_from_mapping(draft)
-        if self.url is not None:
+        if self.url is not None:  # the cache clone has no work tree: a commit from objects
             self.refresh()
+            return submit_by_objects(
+                self.repo, self.refs, task, sign_key=sign_key, on_retry=on_retry
+            )
         write_task(self.root, task)
         return submit_task(
             self.root,
@@ -268,8 +267,11 @@ class Registry:
         on_retry: RetryCallback | None = None,
     ) -> Cancelled:
         """Commit ``tasks/<id>/cancel.yaml`` (signed like a task) and push it."""
-        if self.url is not None:
+        if self.url is not None:  # the cache clone has no work tree: a commit from objects
             self.refresh()
+            return cancel_by_objects(
+                self.repo, self.refs, task_id, reason=reason, sign_key=sign_key, on_retry=on_retry
+            )
         return cancel_task(
             self.root,
             task_id,

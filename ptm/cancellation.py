@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptm.console import shorten
 from ptm.errors import InvalidDocument, PtmError
 from ptm.federation import RegistryRefs
 from ptm.gitrepo import GitRepo
@@ -79,7 +80,7 @@ def _cancel_reason(data: bytes) -> str:
         reason = load_yaml_text(data, source=CANCEL_FILE).get("reason")
     except InvalidDocument:
         return ""
-    return f" (reason: {' '.join(str(reason).split())[:200]})" if reason else ""
+    return f" (reason: {shorten(str(reason), 200)})" if reason else ""
 
 
 def _write_text(path: Path, text: str) -> None:

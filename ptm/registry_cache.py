@@ -3,6 +3,12 @@
 One clone per URL (named after its last path part and a hash of the whole URL), created once
 and then only fetched; a file lock keeps two ptm processes from cloning or updating the same
 one at once. Without a usable cache folder a private temporary one is used.
+
+A cache clone has no work tree (``git clone --no-checkout``) and is never checked out: anyone
+who may push can put crafted trees on the branches, and checking one out is how a crafted tree
+breaks a clone or writes through it. Everything is read from objects, through ``ptm.treecheck``
+(``registry.yaml`` here; tasks and results in ``ptm.federation``), and written as commits built
+from objects (``ptm.object_commits``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ptm.errors import InvalidDocument, PtmError
 from ptm.gitrepo import GitRepo
+from ptm.registry import DEFAULT_BRANCH, REGISTRY_FILE
+from ptm.schema import MAX_DOCUMENT_BYTES, load_yaml_text, validate
+from ptm.tree_paths import Wanted, locate, read_files
 
 
 def cache_home() -> Path:
@@ -44,7 +54,9 @@ def cache_clone(url: str, cache_dir: Path) -> Path:
             return path
         partial = path.with_name(path.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        GitRepo(cache_dir).run("clone", "--quiet", "--no-tags", "--", url, str(partial))
+        GitRepo(cache_dir).run(
+            "clone", "--quiet", "--no-tags", "--no-checkout", "--", url, str(partial)
+        )
         partial.rename(path)
     return path
 
@@ -71,3 +83,23 @@ def is_bare_repository(path: Path) -> bool:
     return (
         (path / "HEAD").is_file() and (path / "objects").is_dir() and not (path / ".git").exists()
     )
+
+
+def tasks_branch_of(repo: GitRepo, url: str) -> str:
+    """The tasks branch that ``registry.yaml`` on the registry's default branch names, read
+    from the cache clone's objects (never from a checkout)."""
+    tip = repo.rev_parse("refs/remotes/origin/HEAD") or repo.rev_parse("HEAD")
+    if tip is None:
+        raise PtmError(f"{url}: not a ptm registry (it has no default branch)")
+    entry = locate(repo, {0: Wanted(tip, (REGISTRY_FILE,), "")})
+    data = read_files(repo, entry, {0: REGISTRY_FILE}, max_bytes=MAX_DOCUMENT_BYTES)[0]
+    if not isinstance(data, bytes):
+        why = f": {data}" if data is not None else ""
+        raise PtmError(f"{url}: not a ptm registry (no {REGISTRY_FILE} on its default branch{why})")
+    source = f"{url}:{REGISTRY_FILE}"
+    try:
+        document = load_yaml_text(data, source=source)
+        validate(document, "registry", source=source)
+    except InvalidDocument as exc:
+        raise PtmError(f"{url}: not a ptm registry: {exc}") from exc
+    return str(document.get("tasks_branch", DEFAULT_BRANCH))

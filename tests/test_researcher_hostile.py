@@ -318,3 +318,18 @@ def test_the_agents_text_log_escapes_messages() -> None:
     line = TextFormatter().format(record)
     assert "\x1b" not in line and "\x07" not in line
     assert "[hospital-a] rejected t1: \\x1b[2J\\x1b]0;owned\\x07" in line
+
+
+def test_a_cancel_reason_with_escapes_is_shown_escaped(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ptm.api import Registry
+
+    Registry.open(work).cancel("t1", reason=f"stop {ESCAPE}")
+    capsys.readouterr()
+    assert main(["cancel", "t1", "--registry", str(work)]) == 1
+    err = capsys.readouterr().err
+    assert "cancelled already (reason: stop \\x1b[2J" in err and "\x1b" not in err
+    assert main(["status", "t1", "--registry", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert "cancelled    stop \\x1b[2J" in out and "\x1b" not in out

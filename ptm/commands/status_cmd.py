@@ -107,6 +107,7 @@ def overview_document(overview: Overview) -> dict[str, Any]:
     return {
         "sites": list(overview.sites),
         "ignored_branches": list(overview.ignored_branches),
+        "problems": list(overview.problems),
         "tasks": [
             {
                 "task": task.task_id,
