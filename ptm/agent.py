@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from ptm import __version__
 from ptm.decisions import AdminDecision, forget_decision, pending_decisions
+from ptm.engine_wait import AgentStopping, EngineWait
 from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
 from ptm.judgement import judge, parse_task
@@ -59,12 +60,15 @@ class Agent:
             ssh_key=registry.ssh_key,
             sign_key=config.signing_key,
         )
+        self.log = logging.getLogger(f"ptm.agent.{config.site}")
+        self.stopping = threading.Event()
         self.execution = TaskExecution(
             site=config,
             runtime=runtime,
             ledger=self.ledger,
             workdir=self.workdir,
             progress=self._pull_progress,
+            engine=EngineWait(self.stopping, float(config.poll_interval), self.log),
         )
         # Daemon threads: on shutdown the agent hands running containers back (they keep their
         # labels and are re-attached at the next start) instead of waiting hours for them.
@@ -73,7 +77,6 @@ class Agent:
         self._cancel: set[str] = set()
         self._lock = threading.Lock()
         self.wakeup = threading.Event()
-        self.log = logging.getLogger(f"ptm.agent.{config.site}")
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -87,6 +90,7 @@ class Agent:
 
     def hand_back(self) -> int:
         """Stop: push what is committed, leave running containers for the next start."""
+        self.stopping.set()
         with self._lock:
             self._queue.clear()
             running = len(self._running)
@@ -398,7 +402,15 @@ class Agent:
             queued = [q for q in self._queue if q[0].id == task_id]
             self._queue = [q for q in self._queue if q[0].id != task_id]
             self._cancel.add(task_id)
-        if queued or task_id not in self._running:
+        attached = [ref for _, _, ref in queued if ref is not None]
+        for ref in attached:  # re-attached after a restart, not yet waited for: stop it now
+            self.runtime.kill(ref)
+            self.runtime.remove(ref)
+        if attached:
+            self._finish_now(
+                existing, "cancelled", "cancelled while running (while the agent was down)"
+            )
+        elif queued or task_id not in self._running:
             self._finish_now(existing, "cancelled", "cancelled before it started")
         else:
             self.log.info(
@@ -429,6 +441,8 @@ class Agent:
             final = self.execution.run(
                 task, record, attach_to=attach, cancelled=lambda: task.id in self._cancel
             )
+        except AgentStopping:
+            return  # still open on the ledger: the next start resumes it
         except PtmError as exc:
             final = replace(record, state="crashed", reason=str(exc), finished_at=utc_now_text())
             self.ledger.record(final)
@@ -450,7 +464,13 @@ class Agent:
 
     def _resume_open_tasks(self) -> None:
         containers = {ref.task_id: ref for ref in self.runtime.find_containers(self.config.site)}
-        for record in self.ledger.open_tasks():
+        open_tasks = self.ledger.open_tasks()
+        open_ids = {r.task for r in open_tasks}
+        for task_id, ref in containers.items():
+            record = self.ledger.status_of(task_id)
+            if task_id not in open_ids and record is not None and self.ledger.is_proven(task_id):
+                self.runtime.remove(ref)  # an ended task's container, left by a killed agent
+        for record in open_tasks:
             container = containers.get(record.task)
             if record.state in {"awaiting_approval", "reviewing"}:
                 continue

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ptm.decisions import held_dir
+from ptm.engine_wait import AgentStopping, EngineWait
 from ptm.errors import ContainerError, DeliveryError, OutputRejected, PtmError
 from ptm.gitrepo import GitRepo
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, STATUS_FILE, Ledger
@@ -55,6 +58,14 @@ class RunFolders:
 def prepare_run(workdir: WorkDir, task: Task, snapshot: TaskSnapshot, repo: GitRepo) -> RunFolders:
     """Write what the container will see into a fresh run folder: the config from the judged
     task, and the checked ``files/`` from the very blobs that were judged (never a checkout)."""
+    try:
+        return _prepare_run(workdir, task, snapshot, repo)
+    except OSError as exc:
+        shutil.rmtree(workdir.run_dir(task.id), ignore_errors=True)
+        raise ContainerError(f"task {task.id}: preparing its run folder: {exc.strerror}") from exc
+
+
+def _prepare_run(workdir: WorkDir, task: Task, snapshot: TaskSnapshot, repo: GitRepo) -> RunFolders:
     check_name(task.id, kind="task id", source="run folder")
     folders = RunFolders(workdir.run_dir(task.id))
     workdir.prepare()
@@ -113,12 +124,14 @@ class TaskExecution:
         ledger: Ledger,
         workdir: WorkDir,
         progress: Callable[[str], None] | None = None,
+        engine: EngineWait | None = None,
     ) -> None:
         self.site = site
         self.runtime = runtime
         self.ledger = ledger
         self.workdir = workdir
         self.progress = progress
+        self.engine = engine or EngineWait(threading.Event(), 1.0, logging.getLogger("ptm"))
 
     def run(
         self,
@@ -129,12 +142,14 @@ class TaskExecution:
         attach_to: ContainerRef | None = None,
     ) -> StatusRecord:
         folders = RunFolders(self.workdir.run_dir(task.id))
+        engine = self.engine
         if attach_to is None:
-            record = self._record(replace(record, state="pulling"))
+            if record.state != "pulling":
+                record = self._record(replace(record, state="pulling"))
             try:
-                image = self.runtime.ensure_image(
-                    task.image, policy=self.site.runtime.pull, progress=self.progress
-                )
+                image = engine.call("a pull", task.id, lambda: self._pull(task))
+            except AgentStopping:
+                raise
             except PtmError as exc:
                 return self._finish(replace(record, state="failed", reason=f"image: {exc}"))
             record = replace(record, image_id=image.image_id, image_digest=image.repo_digest)
@@ -142,16 +157,41 @@ class TaskExecution:
                 return self._finish(replace(record, state="failed", reason=reason))
             if cancelled():
                 return self._finish(replace(record, state="cancelled", reason="cancelled"))
+            spec = container_spec(task, self.site, folders)
+            tries: list[int] = []
             try:
-                attach_to = self.runtime.start(container_spec(task, self.site, folders), image)
+                attach_to = engine.call("a start", task.id, lambda: self._start(spec, image, tries))
             except ContainerError as exc:
                 return self._finish(replace(record, state="failed", reason=str(exc)))
             record = self._record(replace(record, state="running", started_at=utc_now_text()))
-        outcome = self.runtime.wait(attach_to, timeout_s=self._timeout(task), cancelled=cancelled)
+        elif record.state != "running":  # killed between the start and its record
+            record = self._record(replace(record, state="running", started_at=utc_now_text()))
+        ref = attach_to
+        timeout = self._timeout(task)
+        outcome = engine.call(
+            "the container",
+            task.id,
+            lambda: self.runtime.wait(ref, timeout_s=timeout, cancelled=cancelled),
+        )
         final = self._conclude(task, record, outcome, folders)
-        self.runtime.remove(attach_to)
+        engine.call("a removal", task.id, lambda: self.runtime.remove(ref))
         shutil.rmtree(folders.root, ignore_errors=True)
         return final
+
+    def _pull(self, task: Task) -> ImageRef:
+        return self.runtime.ensure_image(
+            task.image, policy=self.site.runtime.pull, progress=self.progress
+        )
+
+    def _start(self, spec: ContainerSpec, image: ImageRef, tries: list[int]) -> ContainerRef:
+        """Start the container, unless an earlier try did before the engine went silent."""
+        tries.append(1)
+        if len(tries) > 1:
+            runtime = self.runtime
+            found = [r for r in runtime.find_containers(spec.site) if r.task_id == spec.task_id]
+            if found:
+                return found[0]
+        return self.runtime.start(spec, image)
 
     def _timeout(self, task: Task) -> float:
         return float(min(task.timeout or self.site.limits.timeout, self.site.limits.timeout))
@@ -193,13 +233,17 @@ class TaskExecution:
     def _collect(self, folders: RunFolders) -> OutputReport:
         limits = self.site.limits
         shutil.rmtree(folders.collected_dir, ignore_errors=True)
-        return collect_outputs(
-            folders.output_dir,
-            folders.collected_dir,
-            max_bytes=limits.output_bytes,
-            max_files=limits.output_files,
-            max_depth=limits.output_depth,
-        )
+        try:
+            return collect_outputs(
+                folders.output_dir,
+                folders.collected_dir,
+                max_bytes=limits.output_bytes,
+                max_files=limits.output_files,
+                max_depth=limits.output_depth,
+            )
+        except OSError as exc:  # a full disk, most likely: the task fails, the agent goes on
+            shutil.rmtree(folders.collected_dir, ignore_errors=True)
+            raise OutputRejected(f"the output could not be collected: {exc.strerror}") from exc
 
     def _record(self, record: StatusRecord) -> StatusRecord:
         self.ledger.record(record)

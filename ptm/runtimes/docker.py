@@ -162,12 +162,23 @@ class DockerRuntime:
     # ---- containers -------------------------------------------------------------------------
 
     def start(self, spec: ContainerSpec, image: ImageRef) -> ContainerRef:
+        ref = self.create(spec, image)
+        with self._errors(f"starting the container of task {spec.task_id}"):
+            try:
+                self.client.api.start(ref.container_id)
+            except docker.errors.APIError:
+                self.client.api.remove_container(ref.container_id, force=True)
+                raise
+        return ref
+
+    def create(self, spec: ContainerSpec, image: ImageRef) -> ContainerRef:
+        """Create the sandboxed container for ``spec`` without starting it."""
         check_network(spec.network)
         check_limits(spec)
         mounts = self._mounts(spec)
         self._open_output(spec)
         name = f"ptm-{spec.site}-{spec.task_id}-{uuid.uuid4().hex[:8]}"
-        with self._errors(f"starting the container of task {spec.task_id}"):
+        with self._errors(f"creating the container of task {spec.task_id}"):
             container = self.client.containers.create(
                 image.image_id,
                 list(spec.command) if spec.command is not None else None,
@@ -191,11 +202,6 @@ class DockerRuntime:
                     config={"max-size": str(max(8 * spec.log_bytes, 1024**2)), "max-file": "2"},
                 ),
             )
-            try:
-                container.start()
-            except docker.errors.APIError:
-                container.remove(force=True)
-                raise
         return ContainerRef(str(container.id), spec.task_id, spec.site)
 
     @staticmethod
@@ -267,8 +273,13 @@ class DockerRuntime:
         timeout_s: float,
         cancelled: Callable[[], bool] | None = None,
     ) -> Outcome:
-        """Poll every half second; the time limit counts from the container's own start."""
+        """Poll every half second; the time limit counts from the container's own start. A
+        container created but never started (the agent died in between) is started now."""
         attrs = self._inspect(ref)
+        if attrs["State"]["Status"] == "created":
+            with self._errors(f"starting the container of task {ref.task_id}"):
+                self.client.api.start(ref.container_id)
+            attrs = self._inspect(ref)
         deadline = time.monotonic() + timeout_s - seconds_since(attrs["State"].get("StartedAt"))
         timed_out = was_cancelled = False
         while attrs["State"]["Status"] not in ENDED:
