@@ -19,6 +19,7 @@ from ptm.engine_wait import AgentStopping, EngineWait
 from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
 from ptm.judgement import judge, parse_task
+from ptm.lease import LeaseHeld, agent_identity
 from ptm.ledger import Ledger
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.signatures import cancel_signer_ok, verify_cancel
@@ -85,7 +86,9 @@ class Agent:
         self.workdir.prepare()
         self.mirror.ensure_clone()
         self.ledger.on_foreign = self._foreign_commit
+        self.ledger.identity = agent_identity(self.workdir.root)
         self.ledger.ensure()
+        self.ledger.check_lease()
         self._resume_open_tasks()
 
     def hand_back(self) -> int:
@@ -94,6 +97,8 @@ class Agent:
         with self._lock:
             self._queue.clear()
             running = len(self._running)
+        if running == 0:
+            self.ledger.release_lease()  # nothing left to re-attach: a replacement may start
         self.publish()
         return running
 
@@ -156,7 +161,12 @@ class Agent:
 
     def publish(self) -> bool:
         try:
+            self.ledger.renew_lease()
             return self.ledger.push()
+        except LeaseHeld as exc:
+            self.workdir.save_state(self.workdir.load_state().with_halt(str(exc)))
+            self.log.error("%s", exc, extra={"decision": "halted"})
+            return False
         except RegistryError as exc:
             self.log.warning(
                 "results not pushed yet (kept locally, retried next cycle): %s",

@@ -21,12 +21,22 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from ptm.errors import InvalidDocument, RegistryError
 from ptm.gitrepo import GitRepo, signing_config
 from ptm.gittrees import read_blobs
+from ptm.lease import (
+    AGENT_TRAILER,
+    LEASE_RENEW_S,
+    LEASE_TRAILER,
+    RELEASED,
+    LeaseHeld,
+    held_by_other,
+    read_tip,
+)
 from ptm.registry import ssh_environment
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.status import StatusRecord
@@ -42,6 +52,7 @@ INDEX_FILE = "ptm-index"
 LEGACY_CLONE = "results"
 MAX_STATUS_BYTES = 256 * 1024
 ZERO = "0" * 40
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 
 def results_branch(site: str) -> str:
@@ -71,6 +82,8 @@ class Ledger:
         self._unproven: dict[str, str] | None = None
         self._unpushed: bool | None = None  # None: not known yet, ask git
         self._index_fresh = False
+        self._last_commit: float | None = None  # wall clock; None: ask git once
+        self.identity = "unknown"  # set from the work directory (ptm.lease.agent_identity)
         self.on_foreign: Callable[[str], None] | None = None  # told of each foreign commit
 
     @property
@@ -192,6 +205,7 @@ class Ledger:
             body += f"\nReason: {' '.join(status.reason.split())[:300]}"
         if note:
             body += f"\n{note}"
+        body += f"\n{AGENT_TRAILER}: {self.identity}"
         with self._lock:
             sha = self._commit(files, paths, replace, subject + body)
             self._known()[status.task] = self.repo.run("rev-parse", f"{sha}:{folder}/{STATUS_FILE}")
@@ -233,6 +247,7 @@ class Ledger:
             self._index_fresh = False
             raise
         self._index_fresh = True
+        self._last_commit = time.time()
         return sha
 
     def _blob(self, data: bytes) -> str:
@@ -285,12 +300,57 @@ class Ledger:
             self._unpushed = False
             return True
 
+    # ---- the lease (one site name, one runner) ----------------------------------------------
+
+    def check_lease(self) -> None:
+        """LeaseHeld when the registry's branch was written by another live agent."""
+        repo = self.repo
+        heads = repo.remote_branches(REMOTE, self.branch)
+        tip = heads.get(self.branch)
+        if tip is None:
+            return
+        if repo.rev_parse(tip) is None:
+            repo.run("fetch", "--quiet", "--no-tags", REMOTE, f"+{self.ref}:{self.remote_ref}")
+        reason = held_by_other(read_tip(repo, tip), self.identity)
+        if reason is not None:
+            raise LeaseHeld(f"{self.branch}: {reason}")
+
+    def renew_lease(self) -> bool:
+        """An empty commit when nothing was committed for a while, so the lease stays fresh."""
+        with self._lock:
+            if self._last_commit is None:
+                tip = self.repo.rev_parse(self.ref)
+                stamp = self.repo.run("log", "-1", "--format=%ct", tip) if tip else ""
+                self._last_commit = float(stamp or 0)
+            if time.time() - self._last_commit < LEASE_RENEW_S:
+                return False
+            self._marker(f"{self.site}: agent alive", "renewed")
+            return True
+
+    def release_lease(self) -> None:
+        with self._lock:
+            self._marker(f"{self.site}: agent stopped", RELEASED)
+
+    def _marker(self, subject: str, lease: str) -> None:
+        message = f"{subject}\n\nSite: {self.site}\n{LEASE_TRAILER}: {lease}\n"
+        message += f"{AGENT_TRAILER}: {self.identity}"
+        repo = self.repo
+        parent = repo.rev_parse(self.ref)
+        tree = repo.run("rev-parse", f"{parent}^{{tree}}") if parent else EMPTY_TREE
+        sha = self._commit_tree(tree, [parent] if parent else [], message)
+        repo.run("update-ref", self.ref, sha, parent or ZERO)
+        self._last_commit = time.time()
+        self._unpushed = True
+
     def _overrule_foreign_commits(self, repo: GitRepo) -> None:
         repo.run("fetch", "--quiet", "--no-tags", REMOTE, f"+{self.ref}:{self.remote_ref}")
         remote = repo.run("rev-parse", self.remote_ref)
         local = repo.run("rev-parse", self.ref)
         if repo.is_ancestor(remote, local):
             return
+        reason = held_by_other(read_tip(repo, remote), self.identity)
+        if reason is not None:
+            raise LeaseHeld(f"{self.branch}: {reason}")
         foreign = repo.run("rev-list", f"{local}..{remote}").split()
         for sha in foreign:
             if self.on_foreign is not None:

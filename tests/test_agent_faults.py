@@ -42,6 +42,7 @@ class DiesAfterCreate(DockerRuntime):
 
 
 def agent_with(tmp_path: Path, registry: Path, engine: DockerRuntime, **overrides: object) -> Agent:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = load_site_config(write_site_config(tmp_path, "hospital-a", registry, **overrides))
     agent = Agent(config, engine)
     agent.start()
@@ -252,3 +253,22 @@ def test_a_full_disk_fails_one_task_cleanly_and_the_agent_goes_on(
         git(bare_registry, "show", "results/hospital-a:results/small/hospital-a/output/fine.txt")
         == "fine"
     )
+
+
+def test_a_second_agent_with_the_same_site_name_refuses_until_the_first_stops(
+    bare_registry: Path, tmp_path: Path, test_image: str
+) -> None:
+    from ptm.lease import LeaseHeld
+
+    researcher = Researcher(bare_registry, tmp_path / "researcher")
+    researcher.submit("once-only", "echo ran >> /ptm/output/runs.txt")
+    first = agent_with(tmp_path / "host-1", bare_registry, DockerRuntime(None))
+    first.once()
+    researcher.submit("second-task", "true")
+    with pytest.raises(LeaseHeld, match=r"another agent .* runs this site"):
+        agent_with(tmp_path / "host-2", bare_registry, DockerRuntime(None))
+    first.hand_back()  # a clean stop releases the lease
+    second = agent_with(tmp_path / "host-2", bare_registry, DockerRuntime(None))
+    second.once()
+    assert remote_status(bare_registry, "second-task")["state"] == "completed"  # type: ignore[index]
+    assert states_in_history(bare_registry, "once-only").count("running") == 1
