@@ -21,6 +21,7 @@ from ptm.execution import TaskExecution, prepare_run
 from ptm.judgement import judge, parse_task
 from ptm.lease import LeaseHeld, agent_identity
 from ptm.ledger import Ledger
+from ptm.resume import pending_resumes
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.signatures import cancel_signer_ok, verify_cancel
 from ptm.siteconfig import SiteConfig
@@ -125,6 +126,7 @@ class Agent:
     def cycle(self) -> CycleReport:
         self._reap()
         self._apply_admin_decisions()
+        self._record_resumes()
         state = self.workdir.load_state()
         if state.halted:
             self.log.error("halted: %s", state.halted, extra={"decision": "halted"})
@@ -322,6 +324,27 @@ class Agent:
             else:
                 self._apply(decision, record)
             forget_decision(self.workdir, decision.task_id)
+
+    def _record_resumes(self) -> None:
+        """Commit each ``ptm agent resume`` decision (signed) on the results branch."""
+        for path, resumed in pending_resumes(self.workdir):
+            lines = [
+                f"Resumed-By: {resumed.resumed_by}",
+                f"Resumed-At: {resumed.resumed_at}",
+                f"Reason: {' '.join(resumed.reason.split())[:300]}",
+                f"Halt: {' '.join(resumed.halt.split())[:300]}",
+                f"Processed-Before: {resumed.processed_before or '-'}",
+                f"Processed-After: {resumed.processed_after}",
+                f"Tasks-Head: {resumed.tasks_head}",
+            ]
+            self.ledger.note(f"{self.config.site}: resumed after a tamper halt", lines)
+            path.unlink()
+            self.log.warning(
+                "resumed after a tamper halt by %s: %s",
+                resumed.resumed_by,
+                resumed.reason,
+                extra={"decision": "resumed", "reason": resumed.reason},
+            )
 
     def _apply(self, decision: AdminDecision, record: StatusRecord) -> None:
         task_id, by = decision.task_id, decision.decided_by

@@ -332,8 +332,12 @@ class Ledger:
             self._marker(f"{self.site}: agent stopped", RELEASED)
 
     def _marker(self, subject: str, lease: str) -> None:
-        message = f"{subject}\n\nSite: {self.site}\n{LEASE_TRAILER}: {lease}\n"
-        message += f"{AGENT_TRAILER}: {self.identity}"
+        self.note(subject, [f"{LEASE_TRAILER}: {lease}"])
+
+    def note(self, subject: str, lines: list[str]) -> None:
+        """An empty commit recording a fact that is not a task's state (a lease, a resume)."""
+        body = "\n".join([f"Site: {self.site}", *lines, f"{AGENT_TRAILER}: {self.identity}"])
+        message = f"{subject}\n\n{body}"
         repo = self.repo
         parent = repo.rev_parse(self.ref)
         tree = repo.run("rev-parse", f"{parent}^{{tree}}") if parent else EMPTY_TREE

@@ -74,6 +74,11 @@ def test_resume_clears_the_halt_and_the_agent_goes_on_from_the_merge_base(
     after = remote_status(bare_registry, "after-rewrite")
     assert after is not None and after["state"] == "completed"
     assert states_in_history(bare_registry, "before").count("completed") == 1  # not run again
+    assert pending_resumes(workdir) == []  # committed by the agent, then removed
+    recorded = git(
+        bare_registry, "log", "-1", "--format=%B", "--grep=resumed after", "results/hospital-a"
+    )
+    assert "Resumed-By: it@hospital-a" in recorded and f"Processed-After: {base}" in recorded
 
 
 def test_resume_without_a_halt_or_with_the_agent_running_changes_nothing(
