@@ -21,6 +21,7 @@ from ptm.execution import TaskExecution, prepare_run
 from ptm.judgement import judge, parse_task
 from ptm.lease import LeaseHeld, agent_identity
 from ptm.ledger import Ledger
+from ptm.push_access import is_permission_denied
 from ptm.resume import pending_resumes
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.signatures import cancel_signer_ok, verify_cancel
@@ -54,6 +55,7 @@ class Agent:
             url=registry.url,
             branch=registry.branch,
             ssh_key=registry.ssh_key,
+            known_hosts=registry.known_hosts,
         )
         self.ledger = Ledger(
             self.workdir.results_clone,
@@ -61,6 +63,7 @@ class Agent:
             site=config.site,
             ssh_key=registry.ssh_key,
             sign_key=config.signing_key,
+            known_hosts=registry.known_hosts,
         )
         self.log = logging.getLogger(f"ptm.agent.{config.site}")
         self.stopping = threading.Event()
@@ -170,6 +173,14 @@ class Agent:
             self.log.error("%s", exc, extra={"decision": "halted"})
             return False
         except RegistryError as exc:
+            if is_permission_denied(str(exc)):
+                self._warn(
+                    f"the registry refuses this site's push to {self.ledger.branch} for "
+                    "permissions: a permanent error until an admin changes the host's rules or "
+                    f"the key (results stay committed locally and are pushed once allowed): {exc}",
+                    decision="push-denied",
+                )
+                return False
             self.log.warning(
                 "results not pushed yet (kept locally, retried next cycle): %s",
                 exc,

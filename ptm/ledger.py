@@ -67,7 +67,14 @@ class Ledger:
     """The results branch of one site, in a bare repository in the agent's work directory."""
 
     def __init__(
-        self, path: Path, *, url: str, site: str, ssh_key: Path | None, sign_key: Path | None
+        self,
+        path: Path,
+        *,
+        url: str,
+        site: str,
+        ssh_key: Path | None,
+        sign_key: Path | None,
+        known_hosts: Path | None = None,
     ) -> None:
         self.path = path
         self.url = url
@@ -77,6 +84,7 @@ class Ledger:
         self.remote_ref = f"refs/remotes/{REMOTE}/{self.branch}"
         self.sign_key = sign_key
         self._ssh_key = ssh_key
+        self._known_hosts = known_hosts
         self._lock = threading.RLock()
         self._records: dict[str, str] | None = None  # task id -> status.yaml blob, from git
         self._unproven: dict[str, str] | None = None
@@ -88,7 +96,7 @@ class Ledger:
 
     @property
     def repo(self) -> GitRepo:
-        return GitRepo(self.path, env=ssh_environment(self._ssh_key))
+        return GitRepo(self.path, env=ssh_environment(self._ssh_key, self._known_hosts))
 
     @property
     def exists(self) -> bool:
@@ -106,7 +114,7 @@ class Ledger:
         partial = self.path.with_name(self.path.name + ".partial")
         _remove_tree(partial)
         partial.mkdir(parents=True, mode=0o700)
-        repo = GitRepo(partial, env=ssh_environment(self._ssh_key))
+        repo = GitRepo(partial, env=ssh_environment(self._ssh_key, self._known_hosts))
         repo.run("init", "--quiet", "--bare", f"--initial-branch={self.branch}")
         repo.run("remote", "add", REMOTE, self.url)
         repo.run("config", f"remote.{REMOTE}.fetch", f"+{self.ref}:{self.remote_ref}")

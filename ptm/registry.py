@@ -167,13 +167,20 @@ def find_registry_root(start: Path) -> Path:
 
 
 def clone(
-    url: str, dest: Path, *, branch: str, ssh_key: Path | None = None, checkout: bool = True
+    url: str,
+    dest: Path,
+    *,
+    branch: str,
+    ssh_key: Path | None = None,
+    checkout: bool = True,
+    known_hosts: Path | None = None,
 ) -> GitRepo:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    repo = GitRepo(dest.parent, env=ssh_environment(ssh_key))
+    env = ssh_environment(ssh_key, known_hosts)
+    repo = GitRepo(dest.parent, env=env)
     no_checkout = [] if checkout else ["--no-checkout"]
     repo.run("clone", "--quiet", *no_checkout, "--branch", branch, "--", url, str(dest))
-    return GitRepo(dest, env=ssh_environment(ssh_key))
+    return GitRepo(dest, env=env)
 
 
 def signing_options(repo: GitRepo, sign_key: Path | None) -> tuple[dict[str, str], bool]:

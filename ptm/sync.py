@@ -150,16 +150,25 @@ def layout_problems(task_id: str, tree: CheckedTree) -> list[Problem]:
 class TasksMirror:
     """A clone of the registry's tasks branch (no working tree) in the agent's work directory."""
 
-    def __init__(self, path: Path, *, url: str, branch: str, ssh_key: Path | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        url: str,
+        branch: str,
+        ssh_key: Path | None,
+        known_hosts: Path | None = None,
+    ) -> None:
         self.path = path
         self.url = url
         self.branch = branch
         self.ssh_key = ssh_key
+        self.known_hosts = known_hosts
         self._index: TasksIndex | None = None  # the last one read: the next cycle's "before"
 
     @property
     def repo(self) -> GitRepo:
-        return GitRepo(self.path, env=ssh_environment(self.ssh_key))
+        return GitRepo(self.path, env=ssh_environment(self.ssh_key, self.known_hosts))
 
     def ensure_clone(self) -> None:
         if (self.path / ".git").is_dir():
@@ -168,14 +177,21 @@ class TasksMirror:
         tmp = self.path.with_name(self.path.name + ".partial")
         if tmp.exists():
             shutil.rmtree(tmp)
-        clone(self.url, tmp, branch=self.branch, ssh_key=self.ssh_key, checkout=False)
+        clone(
+            self.url,
+            tmp,
+            branch=self.branch,
+            ssh_key=self.ssh_key,
+            checkout=False,
+            known_hosts=self.known_hosts,
+        )
         tmp.rename(self.path)
 
     def remote_head(self) -> str | None:
         """One cheap ``ls-remote``: the branch head on the registry, or None if it is missing."""
-        return GitRepo(self.path.parent, env=ssh_environment(self.ssh_key)).remote_head(
-            self.url, self.branch
-        )
+        return GitRepo(
+            self.path.parent, env=ssh_environment(self.ssh_key, self.known_hosts)
+        ).remote_head(self.url, self.branch)
 
     def fetch(self) -> str:
         refspec = f"+refs/heads/{self.branch}:refs/remotes/{REMOTE}/{self.branch}"
