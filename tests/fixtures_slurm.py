@@ -124,6 +124,13 @@ def stop_daemons(folder: Path) -> None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster(podman_engine: PodmanEngine) -> Iterator[SlurmCluster]:
+    with slurm_service(podman_engine) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def slurm_service(podman: PodmanEngine) -> Iterator[SlurmCluster]:
+    """The cluster, from start to stop (also for bench/runtimes.py)."""
     missing = [daemon for daemon in DAEMONS if not Path(daemon).exists()]
     if missing or shutil.which("sbatch") is None:
         lacking = ", ".join(missing) or "sbatch"
@@ -135,7 +142,7 @@ def slurm_cluster(podman_engine: PodmanEngine) -> Iterator[SlurmCluster]:
     conf = folder / "slurm.conf"
     node = socket.gethostname().split(".")[0]
     conf.write_text(slurm_conf(folder, node, free_loopback_port(), free_loopback_port()))
-    cluster = SlurmCluster(folder, conf, podman_engine)
+    cluster = SlurmCluster(folder, conf, podman)
     try:
         start_daemons(folder, conf)
         wait_until_idle(cluster)
