@@ -60,13 +60,15 @@ setup(
     },
     # Floors are tested: scripts/test-lowest installs exactly these versions and runs the
     # tests that use each library. docker 7.0 cannot reach an engine with requests >= 2.32,
-    # paramiko < 3.4 lacks the Terrapin fix, PyYAML 6.0 does not build with Cython 3.
+    # paramiko < 3.4 lacks the Terrapin fix, PyYAML 6.0 does not build with Cython 3, pyrage
+    # < 1.2.3 has age's plugin-name flaw (GHSA-4fg7-vxc8-qx5w).
     install_requires=[
         "watchdog>=3.0",
         "docker>=7.1",
         "jsonschema>=4.18",
         "pyyaml>=6.0.1",
         "paramiko>=3.4",
+        "pyrage>=1.2.3",
     ],
     extras_require={
         "test": [
@@ -79,6 +81,7 @@ setup(
             "types-paramiko",
             "types-docker",
             "types-jsonschema",
+            "pyrage-stubs",
         ],
     },
     entry_points={"console_scripts": ["ptm=ptm.main:main"]},

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ptm.decisions import held_dir
+from ptm.encryption import EncryptionError
 from ptm.engine_wait import AgentStopping, EngineWait
 from ptm.errors import ContainerError, DeliveryError, OutputRejected, PtmError
 from ptm.gitrepo import GitRepo
@@ -20,6 +21,7 @@ from ptm.outputs import OutputReport, collect_outputs
 from ptm.runtimes.base import DEFAULT_USER, ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
 from ptm.runtimes.base import Mount as RuntimeMount
 from ptm.schema import dump_yaml, load_yaml_file
+from ptm.sealed import encrypt_folder, must_seal, plan_encryption, seal, unpublishable
 from ptm.siteconfig import SiteConfig
 from ptm.status import StatusRecord, utc_now_text
 from ptm.sync import TaskSnapshot
@@ -144,6 +146,12 @@ class TaskExecution:
         folders = RunFolders(self.workdir.run_dir(task.id))
         engine = self.engine
         if attach_to is None:
+            try:
+                record = plan_encryption(record, task, self.site)
+            except EncryptionError as exc:  # fails before anything ran: nothing to publish
+                shutil.rmtree(folders.root, ignore_errors=True)
+                failed = replace(record, state="failed", reason=str(exc))
+                return self._record(replace(failed, finished_at=utc_now_text()))
             if record.state != "pulling":
                 record = self._record(replace(record, state="pulling"))
             try:
@@ -270,6 +278,13 @@ class TaskExecution:
         if deliver is not None and outputs is not None:
             record = self._deliver(record, outputs, deliver)
             outputs = None
+        if must_seal(record, self.site):  # log and outputs go out encrypted, or not at all
+            try:
+                record, sealed = seal(record, self.site, log, outputs)
+            except EncryptionError as exc:
+                record, sealed = unpublishable(record, exc), None
+            self.ledger.record(record, sealed=sealed)
+            return record
         self.ledger.record(record, log=log, outputs=outputs)
         return record
 
@@ -279,8 +294,10 @@ class TaskExecution:
 
         target = self.site.sftp_targets[target_name]
         try:
+            if target.encrypt_to:  # each file as <name>.age, for the third party's keys only
+                outputs = encrypt_folder(outputs, target.encrypt_to)
             receipt = deliver_files(target, outputs, f"{record.task}/{self.site.site}")
-        except DeliveryError as exc:
+        except (DeliveryError, EncryptionError) as exc:
             reason = f"delivery to SFTP target {target_name!r} failed, no output published: {exc}"
             return replace(record, state="failed", reason=reason, outputs=())
         where = f"sftp://{receipt.host}:{receipt.port}{receipt.remote_dir}"

@@ -47,6 +47,7 @@ RESULTS_DIR = "results"
 STATUS_FILE = "status.yaml"
 LOG_FILE = "log.txt"
 OUTPUT_DIR = "output"
+SEALED_FILE = "result.age"  # log and outputs, encrypted (ptm.sealed)
 UNPROVEN_FILE = "unproven.json"
 INDEX_FILE = "ptm-index"
 LEGACY_CLONE = "results"
@@ -195,14 +196,17 @@ class Ledger:
         message: str | None = None,
         remove_outputs: bool = False,
         note: str | None = None,
+        sealed: bytes | None = None,
     ) -> str:
-        """Commit ``status.yaml`` (and the log and output files, if given) to the journal."""
+        """Commit ``status.yaml`` (and the log, output files or sealed result, if given)."""
         folder = result_path(status.task, self.site)
         files: dict[str, bytes] = {
             f"{folder}/{STATUS_FILE}": dump_yaml(status.to_document()).encode()
         }
         if log is not None:
             files[f"{folder}/{LOG_FILE}"] = log
+        if sealed is not None:
+            files[f"{folder}/{SEALED_FILE}"] = sealed
         paths: dict[str, Path] = {}
         if outputs is not None:
             paths = {f"{folder}/{OUTPUT_DIR}/{rel}": p for rel, p in _own_files(outputs)}

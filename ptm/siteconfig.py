@@ -32,6 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
+from ptm.encryption import EncryptionError, PublicKey, is_key_line, read_key_entry
 from ptm.errors import ConfigError, Problem
 from ptm.names import is_valid_name
 from ptm.schema import load_document, validate
@@ -81,6 +82,8 @@ class PolicySettings:
     trusted_cancellers: tuple[str, ...] = ()  # besides each task's own verified submitter
     approval: Approval = "auto"
     release: Release = "auto"
+    require_encryption: bool = False
+    encrypt_to: tuple[PublicKey, ...] = ()  # besides each task's own verified submitter
 
     def image_allowed(self, image: str) -> bool:
         return any(rule.matches(image) for rule in self.allowed_images)
@@ -153,6 +156,7 @@ class SftpTarget:
     host_key: str
     port: int = 22
     path: str = "."
+    encrypt_to: tuple[PublicKey, ...] = ()  # delivered files are encrypted to these keys
 
 
 @dataclass(frozen=True)
@@ -265,9 +269,14 @@ class _Builder:
             trusted_cancellers=tuple(section.get("trusted_cancellers", ())),
             approval=cast(Approval, section.get("approval", "auto")),
             release=cast(Release, section.get("release", "auto")),
+            require_encryption=section.get("require_encryption", False),
+            encrypt_to=self.public_keys("policy.encrypt_to", section.get("encrypt_to", [])),
         )
         if settings.require_signed_tasks and settings.allowed_signers is None:
             message = "must be set while policy.require_signed_tasks is true"
+            self.problem("policy.allowed_signers", "required", message)
+        if settings.require_encryption and settings.allowed_signers is None:
+            message = "must be set while policy.require_encryption is true (submitters' keys)"
             self.problem("policy.allowed_signers", "required", message)
         return settings
 
@@ -363,8 +372,22 @@ class _Builder:
                 host_key=entry["host_key"],
                 port=entry.get("port", 22),
                 path=entry.get("path", "."),
+                encrypt_to=self.public_keys(
+                    f"sftp_targets.{name}.encrypt_to", entry.get("encrypt_to", [])
+                ),
             )
         return targets
+
+    def public_keys(self, field: str, entries: list[str]) -> tuple[PublicKey, ...]:
+        """Key lines, or files (relative to the config) holding one, as checked keys."""
+        keys = []
+        for index, entry in enumerate(entries):
+            where = entry if is_key_line(entry) else str(self.local_path(entry))
+            try:
+                keys.append(read_key_entry(where, source="the key"))
+            except EncryptionError as exc:
+                self.problem(f"{field}[{index}]", "public-key", str(exc))
+        return tuple(keys)
 
 
 _LIMIT_KEYS = (

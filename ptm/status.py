@@ -61,9 +61,14 @@ _KEYS = (
     "finished_at",
     "outputs",
     "skipped",
+    "encrypted_to",
+    "output_count",
+    "output_bytes",
     "delivered_to",
     "agent",
 )
+# Written only when set: a result that is not encrypted looks as it always did.
+_ENCRYPTION_KEYS = frozenset({"encrypted_to", "output_count", "output_bytes"})
 
 
 def utc_now_text(now: datetime | None = None) -> str:
@@ -103,6 +108,9 @@ class StatusRecord:
     finished_at: str | None = None
     outputs: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
     skipped: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    encrypted_to: tuple[str, ...] = ()  # key fingerprints; see ptm.sealed
+    output_count: int | None = None
+    output_bytes: int | None = None
     delivered_to: str | None = None
     agent: str = AGENT
 
@@ -120,9 +128,11 @@ class StatusRecord:
         document: dict[str, Any] = {"ptm": 1}
         for key in _KEYS[1:]:
             value = getattr(self, key)
+            if key in _ENCRYPTION_KEYS and value in (None, ()):
+                continue
             if key in ("outputs", "skipped"):
                 value = [dict(entry) for entry in value]
-            document[key] = value
+            document[key] = list(value) if key == "encrypted_to" else value
         validate(document, "status", source=source)
         return document
 
@@ -135,7 +145,7 @@ class StatusRecord:
         check_name(document["task"], kind="task id", source=source, path="task")
         check_name(document["site"], kind="site name", source=source, path="site")
         values = {key: document[key] for key in _KEYS[1:] if key in document}
-        for key in ("outputs", "skipped"):
+        for key in ("outputs", "skipped", "encrypted_to"):
             values[key] = tuple(values.get(key, ()))
         return cls(**values)
 

@@ -66,6 +66,7 @@ class Task:
     cpus: float | None = None
     deliver_sftp: str | None = None
     description: str | None = None
+    encrypt: bool = False  # log and outputs encrypted to the submitter's key (ptm.sealed)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", freeze(self.config))
@@ -102,6 +103,7 @@ class Task:
             cpus=float(resources["cpus"]) if "cpus" in resources else None,
             deliver_sftp=document.get("deliver", {}).get("sftp"),
             description=document.get("description"),
+            encrypt=document.get("encrypt", False),
         )
 
 

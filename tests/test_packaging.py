@@ -15,6 +15,7 @@ FLOORS = {
     "jsonschema": "4.18",
     "pyyaml": "6.0.1",
     "paramiko": "3.4",
+    "pyrage": "1.2.3",
 }
 
 

@@ -210,6 +210,7 @@ TASK_CASES: list[Case] = [
     ("task", ("deliver", "sftp"), DELETE, "deliver", "required"),
     ("task", ("deliver", "sftp"), 1, "deliver.sftp", "type"),
     ("task", ("deliver", "sftp"), "../ttp", "deliver.sftp", "pattern"),
+    ("task", ("encrypt",), "yes", "encrypt", "type"),
     ("task", ("description",), 1, "description", "type"),
     ("task", ("description",), "x" * 2001, "description", "maxLength"),
 ]
@@ -416,6 +417,21 @@ SITE_CASES: list[Case] = [
     ("site", ("sftp_targets", "ttp", "path"), "", "sftp_targets.ttp.path", "minLength"),
     ("site", ("sftp_targets", "ttp", "path"), "/" * 4097, "sftp_targets.ttp.path", "maxLength"),
     ("site", ("sftp_targets", "ttp", "path"), "/in\ncoming", "sftp_targets.ttp.path", "pattern"),
+    ("site", ("policy", "require_encryption"), "yes", "policy.require_encryption", "type"),
+    ("site", ("policy", "encrypt_to"), "ssh-ed25519 A", "policy.encrypt_to", "type"),
+    ("site", ("policy", "encrypt_to"), ["k", "k"], "policy.encrypt_to", "uniqueItems"),
+    (
+        "site",
+        ("policy", "encrypt_to"),
+        [f"k{i}" for i in range(101)],
+        "policy.encrypt_to",
+        "maxItems",
+    ),
+    ("site", ("policy", "encrypt_to"), [1], "policy.encrypt_to[0]", "type"),
+    ("site", ("policy", "encrypt_to"), [""], "policy.encrypt_to[0]", "minLength"),
+    ("site", ("policy", "encrypt_to"), ["k" * 16385], "policy.encrypt_to[0]", "maxLength"),
+    ("site", ("policy", "encrypt_to"), ["k\nk"], "policy.encrypt_to[0]", "pattern"),
+    ("site", ("sftp_targets", "ttp", "encrypt_to"), "k", "sftp_targets.ttp.encrypt_to", "type"),
 ]
 
 STATUS_CASES: list[Case] = [
@@ -471,6 +487,14 @@ STATUS_CASES: list[Case] = [
         "skipped[0].reason",
         "maxLength",
     ),
+    ("status", ("encrypted_to",), "SHA256:x", "encrypted_to", "type"),
+    ("status", ("encrypted_to",), ["SHA256:" + "A" * 43] * 101, "encrypted_to", "maxItems"),
+    ("status", ("encrypted_to",), [1], "encrypted_to[0]", "type"),
+    ("status", ("encrypted_to",), ["MD5:" + "a" * 32], "encrypted_to[0]", "pattern"),
+    ("status", ("output_count",), "1", "output_count", "type"),
+    ("status", ("output_count",), -1, "output_count", "minimum"),
+    ("status", ("output_bytes",), 1.5, "output_bytes", "type"),
+    ("status", ("output_bytes",), -1, "output_bytes", "minimum"),
     ("status", ("agent",), 1, "agent", "type"),
     ("status", ("agent",), "x" * 201, "agent", "maxLength"),
 ]
