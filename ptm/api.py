@@ -23,7 +23,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from ptm.registry_cache import (
     tasks_branch_of,
 )
 from ptm.result_files import CollectedSite, collect_results, is_safe_relative_path
+from ptm.sealed import unseal_collected
 from ptm.status import StatusRecord
 from ptm.submission import Submitted, TaskDraft, submit_task, write_task
 
@@ -221,15 +222,27 @@ class Registry:
         *,
         sites: Sequence[str] = (),
         refresh: bool = True,
+        identity: Path | None = None,
     ) -> dict[str, SiteResult]:
         """Copy each site's status.yaml, log.txt and output/ into ``out_dir/<site>/``.
 
         ``out_dir`` defaults to ``./results/<task_id>``. Each site's folder is replaced as a
-        whole; nothing is written outside ``out_dir``.
+        whole; nothing is written outside ``out_dir``. An encrypted result (``result.age``) is
+        checked and decrypted in place with ``identity``, an SSH private key (default: git's
+        ``user.signingkey`` without ``.pub``); ``EncryptionError`` says why when it cannot be.
         """
         status = self.status(task_id, refresh=refresh)
         target = out_dir if out_dir is not None else Path("results") / task_id
         collected = collect_results(self.repo, self.refs, status, target, sites=sites)
+        opened = unseal_collected(
+            (c.folder for c in collected.values()),
+            identity,
+            configured=lambda: self.repo.config_value("user.signingkey"),
+        )
+        collected = {
+            site: replace(done, files=opened.get(done.folder, done.files))
+            for site, done in collected.items()
+        }
         return {site: _site_result(status, done) for site, done in collected.items()}
 
     # -- writing ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ptm.errors import PtmError
 from ptm.federation import WAITING, RegistryRefs, TaskStatus, result_branches
 from ptm.federation_trees import MAX_STATUS_BYTES, site_folders
 from ptm.gitrepo import GitRepo
-from ptm.ledger import LOG_FILE, OUTPUT_DIR, RESULTS_DIR, STATUS_FILE, result_path
+from ptm.ledger import LOG_FILE, OUTPUT_DIR, RESULTS_DIR, SEALED_FILE, STATUS_FILE, result_path
 from ptm.names import is_valid_name
 from ptm.tree_paths import Refused
 from ptm.treecheck import Caps, CheckedTree, TreeProblem, TreeRefused, checked_tree, write_tree
@@ -117,7 +117,11 @@ def _is_status(problem: TreeProblem, where: str) -> bool:
 def _select(tree: CheckedTree, where: str) -> tuple[CheckedTree, list[str]]:
     """The entries to write (status.yaml, log.txt, output/…, never executable), and why any
     of those was refused."""
-    caps = {STATUS_FILE: MAX_STATUS_BYTES, LOG_FILE: MAX_LOG_BYTES}
+    caps = {
+        STATUS_FILE: MAX_STATUS_BYTES,
+        LOG_FILE: MAX_LOG_BYTES,
+        SEALED_FILE: RESULT_CAPS.max_blob_bytes,  # encrypted log and outputs (ptm.sealed)
+    }
     kept = []
     refused = []
     for entry in tree.entries:

@@ -33,7 +33,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -200,13 +200,14 @@ def signing_key_path(configured: str | None) -> Path | None:
 
 
 def unseal_collected(
-    folders: Iterable[Path], identity: Path | None, *, configured: str | None
+    folders: Iterable[Path], identity: Path | None, *, configured: Callable[[], str | None]
 ) -> dict[Path, tuple[str, ...]]:
-    """Decrypt every collected site folder that holds a ``result.age``; folder → its files."""
+    """Decrypt every collected site folder that holds a ``result.age`` with ``identity`` (or
+    the key ``configured()`` names: git's user.signingkey); folder → the files it now holds."""
     sealed = [folder for folder in folders if _is_sealed(folder)]
     if not sealed:
         return {}
-    path = identity if identity is not None else signing_key_path(configured)
+    path = identity if identity is not None else signing_key_path(configured())
     if path is None:
         raise EncryptionError(
             f"{sealed[0] / SEALED_FILE}: the result is encrypted; name your SSH private key "

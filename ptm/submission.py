@@ -34,6 +34,7 @@ class TaskDraft:
     deliver_sftp: str | None = None
     description: str | None = None
     files: tuple[Path, ...] = ()
+    encrypt: bool = False
 
     def document(self) -> dict[str, Any]:
         document: dict[str, Any] = {"ptm": 1, "image": self.image, "sites": list(self.sites)}
@@ -50,6 +51,8 @@ class TaskDraft:
             document["deliver"] = {"sftp": self.deliver_sftp}
         if self.description is not None:
             document["description"] = self.description
+        if self.encrypt:
+            document["encrypt"] = True
         return document
 
 

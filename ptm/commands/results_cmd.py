@@ -47,6 +47,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         help=f"with --wait: seconds between fetches (default {DEFAULT_POLL_INTERVAL:g})",
     )
+    parser.add_argument(
+        "--identity",
+        type=Path,
+        metavar="KEY",
+        help="SSH private key that decrypts encrypted results (default: git's user.signingkey "
+        "without .pub)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_location_options(parser)
     parser.set_defaults(handler=run)
@@ -72,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
             timed_out = exc
         finally:
             progress.close()
-    results = registry.results(args.task_id, out_dir, sites=args.sites, refresh=not args.wait)
+    results = registry.results(
+        args.task_id, out_dir, sites=args.sites, refresh=not args.wait, identity=args.identity
+    )
     _report(args, out_dir, results)
     if timed_out is not None:
         raise PtmError(f"{timed_out}; collected what there is in {out_dir}")

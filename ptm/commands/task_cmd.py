@@ -69,6 +69,11 @@ def _register_new(actions: argparse._SubParsersAction[Any]) -> None:
     new.add_argument("--cpus", type=float, metavar="N", help="CPU request, e.g. 1.5")
     new.add_argument("--deliver-sftp", metavar="TARGET", help="send output to this SFTP target")
     new.add_argument("--description", metavar="TEXT", help="one line on what the task does")
+    new.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="sites encrypt the log and outputs to your signing key (encrypt: true)",
+    )
     _registry_option(new)
     new.set_defaults(handler=run_new)
 
@@ -106,6 +111,7 @@ def run_new(args: argparse.Namespace) -> int:
         memory=args.memory,
         cpus=args.cpus,
         deliver_sftp=args.deliver_sftp,
+        encrypt=args.encrypt,
         description=args.description,
         files=tuple(args.files),
     )
