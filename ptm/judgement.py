@@ -59,16 +59,19 @@ def judge(mirror: TasksMirror, config: SiteConfig, snapshot: TaskSnapshot) -> Ju
         commit = mirror.task_commit(task_id, head) if names_us else head
         return Judgement(task_id, None, invalid, decision, commit, snapshot)
     task_commit = mirror.task_commit(task_id, head)
-    evidence = Evidence(signatures=gather_signatures(mirror, config, task_id, head))
+    signatures = gather_signatures(mirror, config, task_id, head, encrypt=task.encrypt)
+    evidence = Evidence(signatures=signatures)
     decision = decide(task, config, evidence)
     return Judgement(task_id, task, None, decision, task_commit, snapshot)
 
 
 def gather_signatures(
-    mirror: TasksMirror, config: SiteConfig, task_id: str, head: str
+    mirror: TasksMirror, config: SiteConfig, task_id: str, head: str, *, encrypt: bool = False
 ) -> tuple[SignatureCheck, ...]:
-    signers = config.policy.allowed_signers
-    if not config.policy.require_signed_tasks or signers is None:
+    policy = config.policy
+    signers = policy.allowed_signers
+    # Encrypted results go to the verified submitter's key: verify even where unsigned tasks run.
+    if not (policy.require_signed_tasks or policy.require_encryption or encrypt) or signers is None:
         return ()
     # Key lifetimes are checked as of now, the first cycle that sees the commit, not as of
     # the committer date its pusher chose; the allowed signers file is read afresh.
