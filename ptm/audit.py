@@ -26,7 +26,7 @@ from ptm.errors import PtmError
 from ptm.federation import RegistryRefs, TaskStatus, read_task_status, result_branches
 from ptm.gitrepo import GitRepo
 from ptm.history import LoggedCommit, history
-from ptm.ledger import RESULTS_DIR
+from ptm.ledger import LOG_FILE, OUTPUT_DIR, RESULTS_DIR
 from ptm.names import is_valid_name
 from ptm.signatures import (
     CommitSignature,
@@ -96,6 +96,7 @@ class SiteAudit:
     image_ref: str | None  # the registry digest when known, else the local image ID
     task_commit: str | None
     commits: tuple[CommitCheck, ...]
+    encrypted_to: tuple[str, ...] = ()  # key fingerprints the site's status names (ptm.sealed)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ def run_audit(repo: GitRepo, refs: RegistryRefs, options: AuditOptions) -> Audit
         task = TaskAudit(task_id, commits, _site_audits(status, task_id, site_checks))
         tasks.append(task)
         findings += task_findings(repo, refs, task, options)
+        findings += plaintext_findings(status, task)
     return AuditReport(tuple(tasks), tuple(findings), options.allowed_signers is not None)
 
 
@@ -264,9 +266,26 @@ def _site_audits(
                 image_ref,
                 record.task_commit if record else None,
                 commits,
+                record.encrypted_to if record else (),
             )
         )
     return tuple(audits)
+
+
+def plaintext_findings(status: TaskStatus | None, task: TaskAudit) -> list[Finding]:
+    """A task that asked ``encrypt: true`` whose log or outputs a site published in the clear."""
+    if status is None or status.task is None or not status.task.encrypt:
+        return []
+    findings = []
+    for site in task.sites:
+        prefix = f"{RESULTS_DIR}/{task.task_id}/{site.site}/"
+        plain = (f"{prefix}{LOG_FILE}", f"{prefix}{OUTPUT_DIR}/")
+        if any(p.startswith(plain) for c in site.commits for p in c.paths):
+            message = "the task asked for encrypt: true, but its log or outputs were published "
+            findings.append(
+                Finding(task.task_id, site.site, "plaintext-result", message + "unencrypted")
+            )
+    return findings
 
 
 def task_findings(

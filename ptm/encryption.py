@@ -41,7 +41,7 @@ class EncryptionError(PtmError):
 
 
 @dataclass(frozen=True)
-class PublicKey:
+class RecipientKey:
     """One SSH public key that may receive encrypted results."""
 
     key_type: str
@@ -62,8 +62,8 @@ def fingerprint_of(blob: bytes) -> str:
     return f"SHA256:{digest}"
 
 
-def parse_public_key(text: str, *, source: str) -> PublicKey:
-    """``TYPE BASE64 [comment]`` as a PublicKey; EncryptionError naming ``source`` if it is not
+def parse_public_key(text: str, *, source: str) -> RecipientKey:
+    """``TYPE BASE64 [comment]`` as a RecipientKey; EncryptionError naming ``source`` if it is not
     one, or not a type age can encrypt to."""
     fields = text.split()
     if len(fields) < 2:
@@ -80,7 +80,7 @@ def parse_public_key(text: str, *, source: str) -> PublicKey:
         raise EncryptionError(f"{source}: the key's base64 text is damaged") from None
     if _first_string(raw) != key_type.encode():
         raise EncryptionError(f"{source}: the key's data does not hold a {key_type} key")
-    key = PublicKey(key_type, blob)
+    key = RecipientKey(key_type, blob)
     try:
         ssh.Recipient.from_str(key.line)
     except pyrage.RecipientError as exc:
@@ -167,7 +167,7 @@ def _split_options(text: str) -> list[str]:
     return [*options, current] if current else options
 
 
-def signer_keys(allowed_signers: Path, principal: str) -> tuple[PublicKey, ...]:
+def signer_keys(allowed_signers: Path, principal: str) -> tuple[RecipientKey, ...]:
     """Every key ``allowed_signers`` lists for ``principal`` that age can encrypt to.
 
     EncryptionError when the file cannot be read, or lists no usable key for the principal
@@ -195,9 +195,9 @@ def signer_keys(allowed_signers: Path, principal: str) -> tuple[PublicKey, ...]:
     )
 
 
-def unique_keys(keys: Iterable[PublicKey]) -> tuple[PublicKey, ...]:
+def unique_keys(keys: Iterable[RecipientKey]) -> tuple[RecipientKey, ...]:
     """``keys`` without repeats (by fingerprint), in their first order."""
-    seen: dict[str, PublicKey] = {}
+    seen: dict[str, RecipientKey] = {}
     for key in keys:
         seen.setdefault(key.fingerprint, key)
     return tuple(seen.values())
@@ -209,7 +209,7 @@ def is_key_line(entry: str) -> bool:
     return bool(words) and _looks_like_key_type(words[0])
 
 
-def read_key_entry(entry: str, *, source: str) -> PublicKey:
+def read_key_entry(entry: str, *, source: str) -> RecipientKey:
     """A config entry that is a key line (``ssh-ed25519 AAAA…``) or a file holding one."""
     if is_key_line(entry):
         return parse_public_key(entry, source=source)
@@ -227,7 +227,7 @@ def read_key_entry(entry: str, *, source: str) -> PublicKey:
 # ---- encrypting and decrypting -------------------------------------------------------------
 
 
-def encrypt(plaintext: bytes, recipients: Sequence[PublicKey]) -> bytes:
+def encrypt(plaintext: bytes, recipients: Sequence[RecipientKey]) -> bytes:
     """An age file (binary) that each of ``recipients`` can decrypt."""
     if not recipients:
         raise EncryptionError("nothing to encrypt to: no recipient key")

@@ -41,7 +41,7 @@ from pathlib import Path
 from ptm.encryption import (
     EncryptionError,
     PrivateKey,
-    PublicKey,
+    RecipientKey,
     decrypt,
     encrypt,
     load_private_key,
@@ -69,7 +69,7 @@ def encryption_wanted(task: Task, site: SiteConfig) -> bool:
     return task.encrypt or site.policy.require_encryption
 
 
-def result_recipients(site: SiteConfig, submitted_by: str | None) -> tuple[PublicKey, ...]:
+def result_recipients(site: SiteConfig, submitted_by: str | None) -> tuple[RecipientKey, ...]:
     """The verified submitter's keys from ``allowed_signers``, then ``policy.encrypt_to``."""
     rule = "its results must be encrypted (encrypt: true or policy.require_encryption)"
     if submitted_by is None:
@@ -147,7 +147,7 @@ def unpublishable(record: StatusRecord, problem: EncryptionError) -> StatusRecor
     )
 
 
-def encrypt_folder(source: Path, keys: Sequence[PublicKey]) -> Path:
+def encrypt_folder(source: Path, keys: Sequence[RecipientKey]) -> Path:
     """Each file of ``source`` encrypted to ``keys`` as ``<name>.age`` in a new sibling folder."""
     target = Path(tempfile.mkdtemp(prefix=f".{source.name}.", suffix=".age", dir=source.parent))
     try:

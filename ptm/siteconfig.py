@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
-from ptm.encryption import EncryptionError, PublicKey, is_key_line, read_key_entry
+from ptm.encryption import EncryptionError, RecipientKey, is_key_line, read_key_entry
 from ptm.errors import ConfigError, Problem
 from ptm.names import is_valid_name
 from ptm.schema import load_document, validate
@@ -83,7 +83,7 @@ class PolicySettings:
     approval: Approval = "auto"
     release: Release = "auto"
     require_encryption: bool = False
-    encrypt_to: tuple[PublicKey, ...] = ()  # besides each task's own verified submitter
+    encrypt_to: tuple[RecipientKey, ...] = ()  # besides each task's own verified submitter
 
     def image_allowed(self, image: str) -> bool:
         return any(rule.matches(image) for rule in self.allowed_images)
@@ -156,7 +156,7 @@ class SftpTarget:
     host_key: str
     port: int = 22
     path: str = "."
-    encrypt_to: tuple[PublicKey, ...] = ()  # delivered files are encrypted to these keys
+    encrypt_to: tuple[RecipientKey, ...] = ()  # delivered files are encrypted to these keys
 
 
 @dataclass(frozen=True)
@@ -378,7 +378,7 @@ class _Builder:
             )
         return targets
 
-    def public_keys(self, field: str, entries: list[str]) -> tuple[PublicKey, ...]:
+    def public_keys(self, field: str, entries: list[str]) -> tuple[RecipientKey, ...]:
         """Key lines, or files (relative to the config) holding one, as checked keys."""
         keys = []
         for index, entry in enumerate(entries):

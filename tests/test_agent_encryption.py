@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -130,6 +131,28 @@ def test_an_encrypted_task_publishes_ciphertext_only_its_submitter_and_auditor_r
         ["age", "-d", "-i", str(bob.private)], input=sealed, capture_output=True
     )
     assert denied.returncode != 0 and SECRET.encode() not in denied.stdout
+
+    capsys.readouterr()
+    audit = ["audit", "--url", str(bare_registry), "--json"]
+    main(audit)
+    report = json.loads(capsys.readouterr().out)
+    (task,) = [t for t in report["tasks"] if t["task"] == "sealed"]
+    assert task["sites"][0]["encrypted_to"] == [fingerprint(alice), fingerprint(auditor)]
+    assert not [f for f in report["findings"] if f["rule"] == "plaintext-result"]
+
+    leak = tmp_path / "leak"
+    git(tmp_path, "clone", "-q", "--branch", "results/hospital-a", str(bare_registry), str(leak))
+    (leak / folder / "output").mkdir()
+    (leak / folder / "output" / "rows.csv").write_text(SECRET)
+    git(leak, "add", "-A")
+    git(leak, "commit", "-q", "-m", "publish in the clear")
+    git(leak, "push", "-q", "origin", "HEAD:results/hospital-a")
+    main(audit)
+    report = json.loads(capsys.readouterr().out)
+    leaks = [f for f in report["findings"] if f["rule"] == "plaintext-result"]
+    assert [(f["task"], f["site"]) for f in leaks] == [("sealed", "hospital-a")]
+    main(audit[:-1])
+    assert fingerprint(alice)[:19] in capsys.readouterr().out  # the ENCRYPTED TO column
 
 
 def test_the_python_api_decrypts_with_the_key_git_signs_with(

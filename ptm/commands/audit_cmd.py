@@ -68,7 +68,16 @@ def _print(report: AuditReport) -> None:
     rows = [tuple(map(_printable, row)) for task in report.tasks for row in _rows(task)]
     say(
         format_table(
-            ("TASK", "SUBMITTED BY", "SITE", "STATE", "IMAGE RUN", "RESULTS SIGNED BY"), rows
+            (
+                "TASK",
+                "SUBMITTED BY",
+                "SITE",
+                "STATE",
+                "IMAGE RUN",
+                "RESULTS SIGNED BY",
+                "ENCRYPTED TO",
+            ),
+            rows,
         )
     )
     if not report.signatures_checked:
@@ -81,7 +90,7 @@ def _print(report: AuditReport) -> None:
 
 def _rows(task: TaskAudit) -> list[tuple[object, ...]]:
     if not task.sites:
-        return [(task.task_id, task.submitted_by, None, None, None, None)]
+        return [(task.task_id, task.submitted_by, None, None, None, None, None)]
     return [
         (
             task.task_id if i == 0 else "",
@@ -90,6 +99,7 @@ def _rows(task: TaskAudit) -> list[tuple[object, ...]]:
             site.state,
             _short_image(site.image_ref),
             _signers(site.commits),
+            ", ".join(_short_key(k) for k in site.encrypted_to) or "-",
         )
         for i, site in enumerate(task.sites)
     ]
@@ -101,6 +111,11 @@ def _short_image(ref: str | None) -> str | None:
         return ref
     name, _, digest = ref.rpartition("sha256:")
     return f"{name}sha256:{digest[:12]}"
+
+
+def _short_key(fingerprint: str) -> str:
+    """``SHA256:`` and 12 characters of a key fingerprint; --json has them whole."""
+    return fingerprint[: len("SHA256:") + 12]
 
 
 def _signers(commits: tuple[CommitCheck, ...]) -> str:
@@ -122,6 +137,7 @@ def _document(report: AuditReport) -> dict[str, Any]:
                         "image": s.image,
                         "image_run": s.image_ref,
                         "task_commit": s.task_commit,
+                        "encrypted_to": list(s.encrypted_to),
                         "commits": [_commit_document(c) for c in s.commits],
                     }
                     for s in t.sites
