@@ -2,9 +2,10 @@
 
 Everything on a results branch is untrusted. Each site's folder ``results/<task>/<site>/`` on
 its own branch is read through ``ptm.treecheck`` (names, modes, duplicates, sizes, entry count
-and depth checked before any file is read); only ``status.yaml``, ``log.txt`` and ``output/…``
-are copied, as regular non-executable files, into a fresh folder made with no-follow semantics,
-which is then swapped in as ``<out>/<site>``. A refused entry is not written and is listed; a
+and depth checked before any file is read); only ``status.yaml``, ``log.txt``, ``result.age``
+(an encrypted result, see ``ptm.sealed``) and ``output/…`` are copied, as regular
+non-executable files, into a fresh folder made with no-follow semantics, which is then swapped
+in as ``<out>/<site>``. A refused entry is not written and is listed; a
 site whose folder cannot be read at all, whose ``status.yaml`` is refused, or that is over a cap
 is refused as a whole (nothing written, the reason kept), and every other site is collected.
 """
