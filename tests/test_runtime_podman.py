@@ -226,3 +226,26 @@ def test_rootless_podman_runs_only_where_its_limits_hold(
     limited = shell(spec, "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max; id -u")
     outcome = run_to_end(rootless_runtime, replace(limited, memory_bytes=48 * 1024**2, pids=32))
     assert outcome.log.decode().split() == [str(48 * 1024**2), "32", "65534"]
+
+
+@pytest.mark.parametrize(
+    ("version", "rootless", "controllers", "holds"),
+    [
+        ("v1", False, [], True),
+        ("v1", True, ["memory", "cpu", "pids"], False),
+        ("v2", True, ["cpuset", "cpu", "io", "memory", "pids"], True),
+        ("v2", True, ["memory", "pids"], False),  # no cpu delegated: --cpus would be ignored
+        ("v2", False, ["cpu", "memory"], False),
+    ],
+)
+def test_limits_hold_only_with_every_limit_controller(
+    version: str, rootless: bool, controllers: list[str], holds: bool
+) -> None:
+    info = {
+        "host": {
+            "cgroupVersion": version,
+            "security": {"rootless": rootless},
+            "cgroupControllers": controllers,
+        }
+    }
+    assert limits_hold(info) is holds
