@@ -133,6 +133,11 @@ def test_an_encrypted_task_publishes_ciphertext_only_its_submitter_and_auditor_r
     assert denied.returncode != 0 and SECRET.encode() not in denied.stdout
 
     capsys.readouterr()
+    assert main(["status", "sealed", "--url", str(bare_registry)]) == 0
+    shown = capsys.readouterr().out
+    assert f"encrypted to {fingerprint(alice)}, {fingerprint(auditor)}" in " ".join(shown.split())
+    assert f"1 file(s), {len(SECRET)} bytes, encrypted" in shown and "rare-disease" not in shown
+
     audit = ["audit", "--url", str(bare_registry), "--json"]
     main(audit)
     report = json.loads(capsys.readouterr().out)
@@ -220,3 +225,32 @@ def test_a_delivered_file_can_be_encrypted_to_the_third_party(
         ["age", "-d", "-i", str(auditor.private)], input=sealed, capture_output=True, check=True
     )
     assert done.stdout == SECRET.encode()
+
+
+def test_a_held_result_is_encrypted_when_the_admin_releases_it(
+    bare_registry: Path, tmp_path: Path, alice: SigningKey, docker_client: object
+) -> None:
+    Researcher(bare_registry, tmp_path / "alice", key=alice).submit("held", SCRIPT, encrypt=True)
+    policy = {"release": "manual", "allowed_signers": signers_file(tmp_path, alice)}
+    agent = site_agent(tmp_path, "hospital-a", bare_registry, policy=policy)
+    agent.once()
+    waiting = remote_status(bare_registry, "held")
+    assert waiting is not None and waiting["state"] == "reviewing"
+    assert branch_files(bare_registry) == ["results/held/hospital-a/status.yaml"]
+    assert "output_count" not in waiting and waiting["exit_code"] is None
+
+    config = str(tmp_path / "hospital-a.yaml")
+    assert main(["agent", "release", "held", "--config", config]) == 0
+    agent.once()
+
+    released = remote_status(bare_registry, "held")
+    assert released is not None and released["state"] == "completed"
+    assert released["encrypted_to"] == [fingerprint(alice)]
+    assert branch_files(bare_registry) == [
+        "results/held/hospital-a/result.age",
+        "results/held/hospital-a/status.yaml",
+    ]
+    sealed = branch_bytes(bare_registry, "results/held/hospital-a/result.age")
+    inner = age_unpack(alice.private, sealed)
+    assert inner["output/rare-disease-counts.csv"] == SECRET.encode()
+    assert b"decided_by" in inner["status.yaml"] and b"state: completed" in inner["status.yaml"]

@@ -159,11 +159,20 @@ def _site_lines(site: SiteStatus) -> list[str]:
         ("exit code", record.exit_code),
         ("image", record.image_digest or record.image_id or record.image),
         ("submitted by", record.submitted_by),
+        ("encrypted to", ", ".join(record.encrypted_to) or None),
+        ("outputs", _sealed_outputs(record)),
     ]
     lines = [head]
     lines += [f"  {label:<13}{printable(value)}" for label, value in fields if value is not None]
     lines += [f"  {'output':<13}{_output_line(entry)}" for entry in record.outputs]
     return lines
+
+
+def _sealed_outputs(record: StatusRecord) -> str | None:
+    """An encrypted result's count and total size (its names are inside ``result.age``)."""
+    if record.output_count is None:
+        return None
+    return f"{record.output_count} file(s), {record.output_bytes} bytes, encrypted"
 
 
 def _output_line(entry: Any) -> str:
