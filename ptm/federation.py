@@ -39,7 +39,7 @@ from ptm.overview_memo import OverviewMemo, Reading
 from ptm.schema import MAX_DOCUMENT_BYTES, load_yaml_text
 from ptm.status import FINAL_STATES, STATES, StatusRecord
 from ptm.task import CANCEL_FILE, EVERY_SITE, TASK_FILE, TASKS_DIR, Cancellation, Task
-from ptm.tree_paths import Refused, read_blobs
+from ptm.tree_paths import Refused, iter_blobs
 
 WAITING = "waiting"  # a site the task names has not reported anything yet
 INVALID = "invalid"  # a site's status.yaml could not be read or broke the schema
@@ -232,8 +232,8 @@ def _decode_listing(text: str) -> Listing | None:
 
 def _readings(repo: GitRepo, oids: set[str], memo: OverviewMemo) -> dict[str, Reading]:
     missing = memo.missing_readings(oids)
-    contents = read_blobs(repo, missing, max_bytes=MAX_DOCUMENT_BYTES)
-    for oid, data in zip(missing, contents, strict=True):
+    # read a chunk at a time and keep only the fields: memory stays small however many files
+    for oid, data in iter_blobs(repo, missing, max_bytes=MAX_DOCUMENT_BYTES):
         reading = read_file_fields(data) if isinstance(data, bytes) else {"problem": data}
         memo.add_reading(oid, reading)
     return memo.readings(oids)

@@ -32,6 +32,10 @@ _DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,17})")
 _DECIMAL_FLOAT = re.compile(r"[-+]?[0-9]{1,15}\.[0-9]{0,15}")
 _SIMPLE_WORD = re.compile(r"[a-z][a-z0-9._-]*")  # text for YAML, unless one of _YAML_WORDS
 _YAML_WORDS = frozenset(("yes", "no", "true", "false", "on", "off", "null"))
+# Text YAML reads as itself: a letter first; then no space before '#', no ':' before a space or
+# at the end, no quote, bracket, brace, comma or tab (so: no comment, no mapping, no flow).
+_FAST_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9_./@+()=-]*(?:[: ][A-Za-z0-9_./@+()=-]+)*")
+_FAST_QUOTED = re.compile(r"'([^'\n]*)'")
 _STR_TAG = "tag:yaml.org,2002:str"
 # Tabs, control characters (C0 and C1), what YAML also takes as line breaks, byte order marks,
 # and what the strict loader's reader refuses as unprintable.
@@ -92,10 +96,23 @@ def _mapping(lines: list[str], start: int, indent: int, depth: int) -> tuple[dic
         match = _KEY_LINE.fullmatch(line, column)
         if column > indent or match is None or match[1] in found or not _is_text_key(match[1]):
             raise _Unsure
+        if _next_is_key(lines, index + 1, indent):  # the common case: a one-line value
+            found[match[1]] = _value(match[2], []) if match[2] is not None else None
+            index += 1
+            continue
         end = _value_end(lines, index + 1, indent)
         found[match[1]] = _node(match[2], lines[index + 1 : end], indent, depth)
         index = end
     return found, index
+
+
+def _next_is_key(lines: list[str], index: int, indent: int) -> bool:
+    """True when line ``index`` starts a key at column ``indent`` (so nothing lies between)."""
+    if index >= len(lines):
+        return False
+    line = lines[index]
+    first = line[indent : indent + 1]
+    return (first.isalpha() or first == "_") and (not indent or not line[:indent].strip(" "))
 
 
 @functools.lru_cache(maxsize=256)
@@ -177,6 +194,14 @@ def _relative(lines: list[str], indent: int) -> list[str]:
 
 
 def _value(raw: str, following: list[str]) -> Any:
+    if not following:  # the common one-line values, without the general reading below
+        if _FAST_TEXT.fullmatch(raw) and raw.lower() not in _YAML_WORDS:
+            return raw
+        if _DECIMAL.fullmatch(raw):
+            return int(raw)
+        quoted = _FAST_QUOTED.fullmatch(raw)
+        if quoted:
+            return quoted[1]
     if any(line and line[0] != " " for line in following):
         raise _Unsure
     if raw.startswith("["):

@@ -12,7 +12,7 @@ path and the rule, never an exception, so one bad branch leaves every other one 
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ K = TypeVar("K", bound=Hashable)
 
 FOLDER_BYTES = 16 * 1024**2  # one listing: some 300,000 entries, for registries of many tasks
 LEVEL_BYTES = 256 * 1024**2  # all listings of one level together
+CHUNK_BYTES = 32 * 1024**2  # file contents in memory at once while reading many
 _HEX = re.compile(r"[0-9a-f]{40}")
 
 
@@ -216,19 +217,38 @@ def read_files(
 
 def read_blobs(repo: GitRepo, oids: Sequence[str], *, max_bytes: int) -> list[bytes | str]:
     """Each blob's contents, or why not (missing, no file, over ``max_bytes``); sizes first."""
-    found: list[bytes | str] = []
-    readable: list[tuple[int, str]] = []
-    for index, (oid, info) in enumerate(zip(oids, object_sizes(repo, oids), strict=True)):
+    return [data for _, data in iter_blobs(repo, oids, max_bytes=max_bytes)]
+
+
+def iter_blobs(
+    repo: GitRepo, oids: Sequence[str], *, max_bytes: int, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[tuple[str, bytes | str]]:
+    """(oid, contents or why not) for each blob, in order; sizes are checked first, and the
+    contents are read some ``chunk_bytes`` at a time, so a caller that keeps only what it
+    needs of each holds little in memory however many there are."""
+    chunk: list[str] = []
+    size = 0
+    for oid, info in zip(oids, object_sizes(repo, oids), strict=True):
         if info is None or info[0] != "blob":
-            found.append("its file object is missing or no file [missing]")
+            problem = "its file object is missing or no file [missing]"
         elif info[1] > max_bytes:
-            found.append(f"is {info[1]} bytes, at most {max_bytes} are read [max-bytes]")
+            problem = f"is {info[1]} bytes, at most {max_bytes} are read [max-bytes]"
         else:
-            found.append(b"")
-            readable.append((index, oid))
-    for (index, _), data in zip(readable, read_raw(repo, [o for _, o in readable]), strict=True):
-        found[index] = data if data is not None else "could not be read [missing]"
-    return found
+            if chunk and size + info[1] > chunk_bytes:
+                yield from _read_chunk(repo, chunk)
+                chunk, size = [], 0
+            chunk.append(oid)
+            size += info[1]
+            continue
+        yield from _read_chunk(repo, chunk)  # keep the order of ``oids``
+        chunk, size = [], 0
+        yield oid, problem
+    yield from _read_chunk(repo, chunk)
+
+
+def _read_chunk(repo: GitRepo, oids: list[str]) -> Iterator[tuple[str, bytes | str]]:
+    for oid, data in zip(oids, read_raw(repo, oids), strict=True):
+        yield oid, data if data is not None else "could not be read [missing]"
 
 
 def _kind(mode: bytes) -> str:

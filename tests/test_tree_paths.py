@@ -75,3 +75,17 @@ def test_locate_walks_many_paths_and_refuses_each_bad_step(repo: Path) -> None:
         read_files(GitRepo(repo), {"a": found["a"]}, labels, max_bytes=100)["a"]
         == b"state: completed\n"
     )
+
+
+def test_iter_blobs_reads_in_chunks_and_keeps_the_order(repo: Path) -> None:
+    from ptm.tree_paths import iter_blobs
+
+    blobs = [crafted.blob(repo, bytes([65 + i]) * (10 + i)) for i in range(6)]
+    big = crafted.blob(repo, b"x" * 100)
+    tree = crafted.tree(repo, [(FILE, b"a", blobs[0])])
+    oids = [blobs[0], big, blobs[1], tree, *blobs[2:]]
+    found = list(iter_blobs(GitRepo(repo), oids, max_bytes=50, chunk_bytes=25))
+    assert [oid for oid, _ in found] == oids
+    assert found[0][1] == b"A" * 10 and found[2][1] == b"B" * 11
+    assert "at most 50" in str(found[1][1]) and "missing or no file" in str(found[3][1])
+    assert [data for _, data in found[4:]] == [bytes([67 + i]) * (12 + i) for i in range(4)]
