@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ptm.gitrepo import SignatureCheck
+from ptm.schema import human_bytes, human_seconds
 from ptm.signatures import commit_label
 from ptm.siteconfig import SiteConfig
 from ptm.task import Task
@@ -78,13 +79,13 @@ def _limit_reasons(task: Task, site: SiteConfig) -> list[str]:
     reasons = []
     if task.timeout is not None and task.timeout > limits.timeout:
         reasons.append(
-            f"timeout {task.timeout}s is above this site's cap of {limits.timeout}s "
-            "(limits.timeout)"
+            f"timeout {task.timeout}s ({human_seconds(task.timeout)}) is above this site's cap "
+            f"of {limits.timeout}s ({human_seconds(limits.timeout)}) (limits.timeout)"
         )
     if task.memory_bytes is not None and task.memory_bytes > limits.memory_bytes:
         reasons.append(
-            f"memory request of {task.memory_bytes} bytes is above this site's cap "
-            f"of {limits.memory_bytes} bytes (limits.memory)"
+            f"memory request of {human_bytes(task.memory_bytes)} is above this site's cap "
+            f"of {human_bytes(limits.memory_bytes)} (limits.memory)"
         )
     if task.cpus is not None and task.cpus > limits.cpus:
         reasons.append(

@@ -104,6 +104,8 @@ def test_every_broken_rule_is_listed() -> None:
         "sftp_targets",
     ):
         assert setting in reasons
+    assert "memory request of 2 GiB is above this site's cap of 1 GiB" in reasons
+    assert "timeout 601s (10 minutes) is above this site's cap of 600s (10 minutes)" in reasons
 
 
 def test_task_for_other_site_is_not_for_this_site() -> None:
