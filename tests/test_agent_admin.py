@@ -119,3 +119,44 @@ def test_withheld_results_never_leave(
     assert "contains rows" in published
     assert "2468" not in published
     assert not held.exists()
+
+
+def branch_history_text(registry: Path, task_id: str) -> str:
+    """Every version of the task's folder on the results branch: what anyone could ever read."""
+    out = []
+    for sha in git(registry, "rev-list", "results/hospital-a").split():
+        listing = git(registry, "ls-tree", "-r", "--name-only", sha, f"results/{task_id}/")
+        out.append(listing)
+        for path in listing.splitlines():
+            out.append(git(registry, "show", f"{sha}:{path}"))
+    out.append(git(registry, "log", "--format=%B", "results/hospital-a"))
+    return "\n".join(out)
+
+
+def test_a_held_result_leaks_nothing_and_a_denied_one_never_does(
+    bare_registry: Path, tmp_path: Path, docker_client: object
+) -> None:
+    researcher = Researcher(bare_registry, tmp_path / "r")
+    researcher.submit("secret", "echo 4711 > /ptm/output/count.txt; echo leaked-log-line")
+    researcher.submit("kept", "echo 42 > /ptm/output/answer.txt")
+    agent = site_agent(tmp_path, "hospital-a", bare_registry, policy={"release": "manual"})
+    config = str(tmp_path / "hospital-a.yaml")
+    agent.once()
+    for task_id in ("secret", "kept"):
+        status = remote_status(bare_registry, task_id)
+        assert status is not None and status["state"] == "reviewing"
+        assert status["outputs"] == [] and status["exit_code"] is None
+        assert status["finished_at"] is None and "completed" not in status["reason"]
+    assert admin("deny", "secret", "--reason", "too small a count", "--config", config) == 0
+    assert admin("release", "kept", "--config", config) == 0
+    agent.once()
+    history = branch_history_text(bare_registry, "secret")
+    assert "count.txt" not in history and "4711" not in history and "leaked-log-line" not in history
+    import hashlib
+
+    assert hashlib.sha256(b"4711\n").hexdigest() not in history
+    assert remote_status(bare_registry, "secret")["state"] == "denied"  # type: ignore[index]
+    released = remote_status(bare_registry, "kept")
+    assert released is not None and released["state"] == "completed"
+    assert remote_file(bare_registry, "kept", "output/answer.txt") == "42"
+    assert [o["path"] for o in released["outputs"]] == ["output/answer.txt"]
