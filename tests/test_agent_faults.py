@@ -156,13 +156,12 @@ class SocketForwarder:
         server.bind(str(self.path))
         server.listen(16)
         self._server = server
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
 
-    def _accept(self) -> None:
-        assert self._server is not None
+    def _accept(self, server: socket.socket) -> None:
         while True:
             try:
-                client, _ = self._server.accept()
+                client, _ = server.accept()
             except OSError:
                 return
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
