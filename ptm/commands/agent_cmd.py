@@ -130,6 +130,8 @@ def run_once(args: argparse.Namespace) -> int:
         report = agent.once()
     if args.json:
         print_json(report.__dict__)
+    elif report.idle and not report.pushed:
+        say(f"{config.site}: nothing to do (no new task, nothing to push)")
     return 0
 
 
