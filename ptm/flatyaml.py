@@ -36,6 +36,17 @@ _YAML_WORDS = frozenset(("yes", "no", "true", "false", "on", "off", "null"))
 # at the end, no quote, bracket, brace, comma or tab (so: no comment, no mapping, no flow).
 _FAST_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9_./@+()=-]*(?:[: ][A-Za-z0-9_./@+()=-]+)*")
 _FAST_QUOTED = re.compile(r"'([^'\n]*)'")
+_KEY = r"[A-Za-z_][A-Za-z0-9_-]*"
+# a token that starts with a digit and has no '.' is an int or text to YAML, never refused
+_DIGITS_FIRST = r"[0-9](?:[0-9A-Za-z_:+-]{0,62}[0-9A-Za-z_+-])?"
+_ONE_LINE = rf"(?:{_FAST_TEXT.pattern}|{_DIGITS_FIRST}|'[^'\n]*')"
+_SIMPLE_DOCUMENT = re.compile(
+    rf"(?:{_KEY}: {_ONE_LINE}\n|{_KEY}:\n(?:- {_KEY}: {_ONE_LINE}\n(?:  {_KEY}: {_ONE_LINE}\n)*)+)+"
+)
+_TOP_KEY = re.compile(rf"^({_KEY}):", re.MULTILINE)
+_TOP_LINE = re.compile(rf"^({_KEY}):(?: (.*))?$", re.MULTILINE)
+_ITEM = re.compile(rf"^- ({_KEY}):.*\n((?:  {_KEY}:.*\n)*)", re.MULTILINE)
+_ITEM_KEY = re.compile(rf"^  ({_KEY}):", re.MULTILINE)
 _STR_TAG = "tag:yaml.org,2002:str"
 # Tabs, control characters (C0 and C1), what YAML also takes as line breaks, byte order marks,
 # and what the strict loader's reader refuses as unprintable.
@@ -54,6 +65,10 @@ def quick_fields(text: str, keys: Iterable[str]) -> dict[str, Any] | None:
     """
     if _NOT_FLAT.search(text):
         return None
+    wanted = frozenset(keys)
+    simple = _simple_document(text, wanted)
+    if simple is not None:
+        return simple
     lines = text.split("\n")
     try:
         document, end = _mapping(lines, 0, 0, 0)
@@ -61,8 +76,32 @@ def quick_fields(text: str, keys: Iterable[str]) -> dict[str, Any] | None:
         return None
     if end != len(lines) or not document:  # something at column 0 that is no key; or empty
         return None
-    wanted = frozenset(keys)
     return {key: value for key, value in document.items() if key in wanted}
+
+
+def _simple_document(text: str, wanted: frozenset[str]) -> dict[str, Any] | None:
+    """The shape ptm's status files have, read with a few regular expressions: one-line
+    values, and lists of one-level mappings of one-line values; None for anything else (the
+    general reading then decides)."""
+    if _SIMPLE_DOCUMENT.fullmatch(text) is None:
+        return None
+    keys = _TOP_KEY.findall(text)
+    if len(set(keys)) != len(keys) or not all(_is_text_key(k) for k in keys):
+        return None
+    for item in _ITEM.finditer(text):
+        item_keys = [item[1], *_ITEM_KEY.findall(item[2])]
+        if len(set(item_keys)) != len(item_keys) or not all(map(_is_text_key, item_keys)):
+            return None
+    found: dict[str, Any] = {}
+    for match in _TOP_LINE.finditer(text):
+        if match[1] in wanted:
+            if match[2] is None:  # a wanted key holds a list: the general reading
+                return None
+            try:
+                found[match[1]] = _value(match[2], [])
+            except _Unsure:
+                return None
+    return found
 
 
 def _is_content(line: str) -> bool:
