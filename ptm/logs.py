@@ -103,7 +103,8 @@ class JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         site = site_of(record)
-        text = f"[{site}] {_message(record)}" if site else _message(record)
+        message = printable(_message(record))  # one line: a newline in it cannot forge a record
+        text = f"[{site}] {message}" if site else message
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         prefix = f"<{priority_of(record.levelno)}>"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ptm import __version__, logs
 from ptm.commands import COMMANDS, command_module
+from ptm.console import printable_lines
 from ptm.errors import PtmError
 from ptm.urls import redact_text
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args)
         return result
     except PtmError as exc:
-        print(f"ptm: error: {redact_text(str(exc))}", file=sys.stderr)
+        print(f"ptm: error: {printable_lines(redact_text(str(exc)))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("ptm: interrupted", file=sys.stderr)

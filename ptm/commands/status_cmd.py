@@ -49,7 +49,8 @@ def add_location_options(parser: argparse.ArgumentParser) -> None:
 def open_registry(args: argparse.Namespace) -> Registry:
     if args.url:
         return Registry.open_url(args.url)
-    return Registry.open_clone(args.registry or Path.cwd())
+    # Registry.open takes a clone, a folder inside one, or a bare repository.
+    return Registry.open(args.registry or Path.cwd())
 
 
 def run(args: argparse.Namespace) -> int:
