@@ -22,7 +22,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from ptm.console import printable
+from ptm.console import printable, printable_lines
 from ptm.urls import redact_text
 
 FIELDS = ("task", "decision", "reason")
@@ -103,7 +103,7 @@ class JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         site = site_of(record)
-        message = printable(_message(record))  # one line: a newline in it cannot forge a record
+        message = printable_lines(_message(record))  # every line gets this record's priority
         text = f"[{site}] {message}" if site else message
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

@@ -132,3 +132,9 @@ def test_agent_run_logs_start_and_stop_as_json_lines_only(
     assert f"registry {bare_registry} branch main" in first["message"]
     assert "1 allowed image rule(s), unsigned tasks accepted" in first["message"]
     assert lines[-1]["decision"] == "stopped" and "SIGTERM" in lines[-1]["message"]
+
+
+def test_journal_lines_show_escape_sequences_escaped(captured: io.StringIO) -> None:
+    logs.configure(log_format="journal", stream=captured)
+    logging.getLogger("ptm.agent.hospital-a").warning("task t1 rejected: \x1b[2Jgone")
+    assert captured.getvalue() == "<4>[hospital-a] task t1 rejected: \\x1b[2Jgone\n"
