@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ptm.main import main
 from tests.agent_support import Researcher, remote_status, site_agent
 from tests.fixtures_git import git
 from tests.test_delivery import ACCOUNT, Ttp, start_ttp
@@ -41,7 +42,11 @@ def submit_delivering_task(registry: Path, folder: Path) -> None:
 
 
 def test_outputs_go_to_the_sftp_target_and_not_to_the_branch(
-    bare_registry: Path, tmp_path: Path, ttp: Ttp, docker_client: object
+    bare_registry: Path,
+    tmp_path: Path,
+    ttp: Ttp,
+    docker_client: object,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     submit_delivering_task(bare_registry, tmp_path / "r")
     agent = site_agent(tmp_path, "hospital-a", bare_registry, sftp_targets=sftp_targets(ttp))
@@ -58,6 +63,17 @@ def test_outputs_go_to_the_sftp_target_and_not_to_the_branch(
     published = git(bare_registry, "ls-tree", "-r", "--name-only", "results/hospital-a")
     assert "results/to-ttp/hospital-a/output/rows.csv" not in published.split()
     assert "17,54" not in git(bare_registry, "log", "-p", "results/hospital-a")
+    # The researcher sees where the outputs went, in ptm status and ptm results alike.
+    clone = tmp_path / "researcher-view"
+    git(tmp_path, "clone", "-q", str(bare_registry), str(clone))
+    capsys.readouterr()
+    assert main(["status", "to-ttp", "--registry", str(clone)]) == 0
+    shown = capsys.readouterr().out
+    assert "delivered to" in shown and "/incoming/to-ttp/hospital-a" in shown
+    assert "(at the SFTP target, not in git)" in shown
+    out = tmp_path / "collected"
+    assert main(["results", "to-ttp", "--registry", str(clone), "--out", str(out)]) == 0
+    assert "1 output file(s) were delivered to sftp://" in capsys.readouterr().out
 
 
 def test_wrong_host_key_fails_and_publishes_nothing(

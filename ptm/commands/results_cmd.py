@@ -105,6 +105,12 @@ def _report(args: argparse.Namespace, out_dir: Path, results: dict[str, SiteResu
         for r in results.values()
     ]
     say(format_table(("SITE", "STATE", "OUTPUT FILES", "FOLDER", "REASON"), rows))
+    for r in results.values():
+        if _delivered_to(r):
+            count = len(r.record.outputs) if r.record is not None else 0
+            say(
+                f"{r.site}: {count} output file(s) were delivered to {_delivered_to(r)}, not to git"
+            )
 
 
 def _state(result: SiteResult) -> str:
@@ -113,6 +119,10 @@ def _state(result: SiteResult) -> str:
 
 def _folder(result: SiteResult) -> str:
     return "-" if result.problem is not None else str(result.folder)
+
+
+def _delivered_to(result: SiteResult) -> str | None:
+    return result.record.delivered_to if result.record is not None else None
 
 
 def _reason(result: SiteResult) -> str:
@@ -133,6 +143,7 @@ def results_document(task_id: str, out_dir: Path, results: dict[str, SiteResult]
                 "refused": list(r.refused),
                 "problem": r.problem,
                 "reason": _reason(r) or None,
+                "delivered_to": _delivered_to(r),
             }
             for site, r in results.items()
         },

@@ -162,10 +162,12 @@ def _site_lines(site: SiteStatus) -> list[str]:
         ("submitted by", record.submitted_by),
         ("encrypted to", ", ".join(record.encrypted_to) or None),
         ("outputs", _sealed_outputs(record)),
+        ("delivered to", record.delivered_to),
     ]
     lines = [head]
     lines += [f"  {label:<13}{printable(value)}" for label, value in fields if value is not None]
-    lines += [f"  {'output':<13}{_output_line(entry)}" for entry in record.outputs]
+    where = " (at the SFTP target, not in git)" if record.delivered_to else ""
+    lines += [f"  {'output':<13}{_output_line(entry)}{where}" for entry in record.outputs]
     return lines
 
 
