@@ -26,6 +26,7 @@ from ptm.treecheck import (
     CheckedTree,
     RawEntry,
     TreeRefused,
+    in_git_order,
     lookup,
     read_folder,
     read_raw,
@@ -220,6 +221,8 @@ class TasksMirror:
             return self._index
         repo = self.repo
         top = read_folder(repo, root_tree(repo, commit), where="/", max_bytes=ROOT_LISTING_BYTES)
+        if not in_git_order(top):
+            raise TreeRefused(f"commit {commit[:12]}: its top folder is not in git's order")
         found = lookup(top, TASKS_DIR)
         entries: dict[bytes, tuple[RawEntry, ...]] = {}
         if len(found) > 1 or (found and found[0].mode != TREE_MODE):
@@ -230,6 +233,11 @@ class TasksMirror:
             listing = read_folder(
                 repo, found[0].oid, where=TASKS_DIR, max_bytes=TASKS_LISTING_BYTES
             )
+            if not in_git_order(listing):
+                raise TreeRefused(
+                    f"commit {commit[:12]}: {TASKS_DIR}/ is not in git's order (a crafted tree "
+                    "that could hide a change from the signature checks)"
+                )
             for entry in listing:
                 entries[entry.name] = (*entries.get(entry.name, ()), entry)
         self._index = TasksIndex(commit, entries)

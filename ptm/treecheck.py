@@ -24,6 +24,7 @@ with no-follow semantics, so nothing is ever written through a link.
 
 from __future__ import annotations
 
+import itertools
 import os
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -178,12 +179,26 @@ def entry_name_problem(name: bytes) -> str | None:
     return name_problem(text)
 
 
+def git_order_key(entry: RawEntry) -> bytes:
+    """How git sorts a tree's entries: by name, a folder as if its name ended in ``/``."""
+    return entry.name + (b"/" if entry.mode == TREE_MODE else b"")
+
+
+def in_git_order(raw: Sequence[RawEntry]) -> bool:
+    keys = [git_order_key(e) for e in raw]
+    return all(a <= b for a, b in itertools.pairwise(keys))
+
+
 def check_folder(
     raw: Sequence[RawEntry],
 ) -> tuple[list[tuple[RawEntry, str]], list[tuple[str, str, str]]]:
     """(accepted entries with their names, problems as (name, rule, message)) for one folder."""
     accepted: list[tuple[RawEntry, str]] = []
     problems: list[tuple[str, str, str]] = []
+    if not in_git_order(raw):
+        # git's own tree walks (diffs, pathspecs, merges) assume this order: a crafted tree
+        # out of it could hide a change from the commits a signature check looks at.
+        problems.append(("", "order", "its entries are not in git's order (a crafted tree)"))
     seen: dict[str, int] = {}
     for entry in raw:
         folded = unicodedata.normalize("NFC", entry.name.decode("utf-8", "replace")).casefold()
@@ -342,6 +357,8 @@ def checked_tree(repo: GitRepo, tree_oid: str, *, where: str, caps: Caps = Caps(
 
 
 def _join(folder: str, name: str) -> str:
+    if not name:  # a problem of the folder itself
+        return folder
     return f"{folder}/{name}" if folder else name
 
 

@@ -58,8 +58,11 @@ def big_blob(repo: Path, size: int) -> str:
         return proc.stdout.read().decode().strip()
 
 
-def tree(repo: Path, entries: Sequence[RawEntry]) -> str:
-    """A tree object holding exactly ``entries``, in the order given (git sorts; we need not)."""
+def tree(repo: Path, entries: Sequence[RawEntry], *, keep_order: bool = False) -> str:
+    """A tree object holding exactly ``entries`` (duplicates too), in git's order unless
+    ``keep_order``: a tree out of order is a shape of its own."""
+    if not keep_order:
+        entries = sorted(entries, key=lambda e: e[1] + (b"/" if e[0] == TREE else b""))
     data = b"".join(mode + b" " + name + b"\0" + bytes.fromhex(oid) for mode, name, oid in entries)
     return _git(repo, "hash-object", "-t", "tree", "--literally", "-w", "--stdin", data=data)
 

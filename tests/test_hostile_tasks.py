@@ -18,7 +18,7 @@ from ptm.agent import Agent
 from tests import crafted
 from tests.agent_support import Researcher, remote_status, site_agent
 from tests.crafted import FILE, GITLINK, LINK, TREE
-from tests.fixtures_git import git
+from tests.fixtures_git import SigningKey, git, write_allowed_signers
 
 pytestmark = pytest.mark.docker
 
@@ -162,13 +162,17 @@ def shapes(sentinel: Path) -> dict[bytes, tuple[Shape, str]]:
     }
 
 
-def push_good(researcher: Researcher, task_id: str, script: str) -> None:
-    """A good task beside crafted ones (a normal clone could not check those out any more)."""
+def push_good(
+    researcher: Researcher, task_id: str, script: str, *, sign_key: Path | None = None
+) -> None:
+    """A good task beside crafted ones (a normal clone could not check those out any more),
+    for every site, signed when given a key."""
     clone = researcher.work
-    document = {**yaml.safe_load(TASK), "command": ["sh", "-c", script]}
+    document = {**yaml.safe_load(TASK), "command": ["sh", "-c", script], "sites": ["*"]}
     tree = task_tree(clone, task=yaml.safe_dump(document).encode())
     name = task_id.encode()
-    crafted.push_commit(clone, crafted.graft_task(clone, name, [(TREE, name, tree)]))
+    sha = crafted.graft_task(clone, name, [(TREE, name, tree)], sign_key=sign_key)
+    crafted.push_commit(clone, sha)
 
 
 def push_shapes(researcher: Researcher, sentinel: Path) -> list[bytes]:
@@ -188,23 +192,34 @@ def no_file_outside(root: Path, agent: Agent) -> None:
 
 
 def test_every_crafted_task_is_refused_alone_and_good_tasks_still_run(
-    bare_registry: Path, tmp_path: Path, test_image: str
+    bare_registry: Path, tmp_path: Path, alice: SigningKey, test_image: str
 ) -> None:
     sentinel = tmp_path / "outside" / "keep.txt"
     sentinel.parent.mkdir()
     sentinel.write_text("untouched")
     researcher = Researcher(bare_registry, tmp_path / "researcher")
     push_shapes(researcher, sentinel)
-    push_good(researcher, "good-1", "echo one > /ptm/output/one.txt")
-    agent = site_agent(tmp_path, "hospital-a", bare_registry)
+    push_good(researcher, "good-1", "echo one > /ptm/output/one.txt", sign_key=alice.private)
+    signers = write_allowed_signers(tmp_path / "allowed_signers", alice)
+    policy = {
+        "require_signed_tasks": True,
+        "allowed_signers": str(signers),
+        "trusted_submitters": [alice.principal],
+    }
+    agent = site_agent(tmp_path, "hospital-a", bare_registry, policy=policy)
+    other = site_agent(tmp_path, "hospital-b", bare_registry, policy=policy)
 
     agent.once()
-    push_good(researcher, "good-2", "echo two > /ptm/output/two.txt")
+    other.once()
+    push_good(researcher, "good-2", "echo two > /ptm/output/two.txt", sign_key=alice.private)
     agent.once()
+    other.once()
 
     for good in ("good-1", "good-2"):
-        status = remote_status(bare_registry, good)
-        assert status is not None and status["state"] == "completed", status
+        for site in ("hospital-a", "hospital-b"):
+            status = remote_status(bare_registry, good, site)
+            assert status is not None and status["state"] == "completed", (site, status["reason"])
+            assert status["submitted_by"] == alice.principal
     expected = shapes(sentinel)
     warnings = "\n".join(agent.workdir.load_state().warnings)
     for name, (_, outcome) in expected.items():
@@ -297,3 +312,28 @@ def test_task_resources_that_would_mean_no_limit_are_rejected(
     mem = remote_status(bare_registry, "nanomem")
     assert cpu is not None and cpu["state"] == "rejected" and "resources.cpus" in cpu["reason"]
     assert mem is not None and mem["state"] == "rejected" and "resources.memory" in mem["reason"]
+
+
+def test_a_tasks_folder_out_of_git_order_is_refused_whole(
+    bare_registry: Path, tmp_path: Path, test_image: str
+) -> None:
+    """git's diffs assume sorted trees; an unsorted tasks/ could hide a change from the
+    signature check, so the agent refuses such a commit and waits for a repair."""
+    researcher = Researcher(bare_registry, tmp_path / "researcher")
+    clone = researcher.work
+    push_good(researcher, "aaa", "true")
+    git(clone, "fetch", "-q", "origin")
+    entries = crafted.read_tree_entries(clone, "origin/main:tasks")
+    shuffled = crafted.tree(
+        clone, list(reversed([*entries, (TREE, b"zzz", task_tree(clone))])), keep_order=True
+    )
+    root = crafted.replace_entries(
+        clone, "origin/main^{tree}", b"tasks", [(TREE, b"tasks", shuffled)]
+    )
+    crafted.push_commit(
+        clone, crafted.commit(clone, root, [git(clone, "rev-parse", "origin/main")])
+    )
+    agent = site_agent(tmp_path, "hospital-a", bare_registry)
+    agent.once()
+    assert any("not in git's order" in w for w in agent.workdir.load_state().warnings)
+    assert remote_status(bare_registry, "zzz") is None

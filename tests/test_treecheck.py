@@ -196,3 +196,15 @@ def test_entry_name_rules() -> None:
     assert entry_name_problem(b"task.yaml") is None
     for name in HOSTILE_NAMES:
         assert entry_name_problem(name) is not None, name
+
+
+def test_a_folder_out_of_git_order_is_a_problem(repo: Path) -> None:
+    one = crafted.blob(repo, b"1")
+    tree = crafted.tree(repo, [(FILE, b"b", one), (FILE, b"a", one)], keep_order=True)
+    assert problems_of(repo, tree) == ["tasks/t1 [order]"]
+    sorted_tree = crafted.tree(repo, [(FILE, b"b", one), (FILE, b"a", one)])
+    assert problems_of(repo, sorted_tree) == []
+    # git sorts a folder as if its name ended in '/': 'a.txt' comes before folder 'a'
+    sub = crafted.tree(repo, [(FILE, b"x", one)])
+    canonical = crafted.tree(repo, [(FILE, b"a.txt", one), (TREE, b"a", sub)])
+    assert problems_of(repo, canonical) == []
