@@ -156,11 +156,11 @@ class Agent:
         except TreeRefused as exc:
             self._refuse_once(f"{head[:12]}: {exc}; waiting for a commit that repairs it")
             return CycleReport(head, 0, 0, self.publish(), idle=False)
-        self._handle_changes(changes, head)
+        started = self._handle_changes(changes, head)
         # Only now, with every record this commit implies committed, is it processed.
         self.workdir.save_state(self.workdir.load_state().with_processed(head))
         with self._lock:
-            started = self._start_queued()
+            started += self._start_queued()
         new = sum(1 for c in changes if c.is_new)
         return CycleReport(head, new, started, self.publish(), idle=False)
 
@@ -190,7 +190,9 @@ class Agent:
 
     # ---- planning ------------------------------------------------------------------------
 
-    def _handle_changes(self, changes: list[TaskChange], head: str) -> None:
+    def _handle_changes(self, changes: list[TaskChange], head: str) -> int:
+        """Act on the changed task folders; return how many tasks were started meanwhile (each
+        one as soon as its ``accepted`` is committed and a slot is free)."""
         fresh: list[str] = []
         for change in changes:
             task_id = change.task_id
@@ -204,8 +206,12 @@ class Agent:
             elif change.after:
                 fresh.append(task_id)
         index = self.mirror.index(head)
+        started = 0
         for snapshot in self.mirror.snapshots(index, fresh).values():
             self._receive(snapshot)
+            with self._lock:
+                started += self._start_queued()
+        return started
 
     def _handle_known(self, change: TaskChange, task_id: str, head: str) -> None:
         if change.is_new:
@@ -490,6 +496,8 @@ class Agent:
         except PtmError as exc:
             final = replace(record, state="crashed", reason=str(exc), finished_at=utc_now_text())
             self.ledger.record(final)
+        finally:
+            self._free_slot(task.id)
         self.log.info(
             "task %s %s%s",
             task.id,
@@ -498,6 +506,15 @@ class Agent:
             extra={"task": task.id, "decision": final.state, "reason": final.reason},
         )
         self.wakeup.set()
+
+    def _free_slot(self, task_id: str) -> None:
+        """A run ends: its slot goes to the next queued task at once, not at the next cycle."""
+        with self._lock:
+            if self._running.get(task_id) is threading.current_thread():
+                del self._running[task_id]
+                self._cancel.discard(task_id)
+            if not self.stopping.is_set():
+                self._start_queued()
 
     def _reap(self) -> None:
         with self._lock:

@@ -152,10 +152,8 @@ class TaskExecution:
                 shutil.rmtree(folders.root, ignore_errors=True)
                 failed = replace(record, state="failed", reason=str(exc))
                 return self._record(replace(failed, finished_at=utc_now_text()))
-            if record.state != "pulling":
-                record = self._record(replace(record, state="pulling"))
             try:
-                image = engine.call("a pull", task.id, lambda: self._pull(task))
+                record, image = self._image(task, record)
             except AgentStopping:
                 raise
             except PtmError as exc:
@@ -185,6 +183,20 @@ class TaskExecution:
         engine.call("a removal", task.id, lambda: self.runtime.remove(ref))
         shutil.rmtree(folders.root, ignore_errors=True)
         return final
+
+    def _image(self, task: Task, record: StatusRecord) -> tuple[StatusRecord, ImageRef]:
+        """The task's image; ``pulling`` is recorded only when a pull may happen: not when the
+        policy lets a present image be used and the engine has it."""
+        if self.site.runtime.pull != "always" or task.is_pinned:
+            try:
+                present = self.runtime.ensure_image(task.image, policy="never")
+            except PtmError:
+                pass  # not present, or the engine does not answer: both go the long way
+            else:
+                return record, present
+        if record.state != "pulling":
+            record = self._record(replace(record, state="pulling"))
+        return record, self.engine.call("a pull", task.id, lambda: self._pull(task))
 
     def _pull(self, task: Task) -> ImageRef:
         return self.runtime.ensure_image(

@@ -91,6 +91,9 @@ class Ledger:
         self._unproven: dict[str, str] | None = None
         self._unpushed: bool | None = None  # None: not known yet, ask git
         self._index_fresh = False
+        self._tip: str | None = None  # the local branch's commit, once asked (only we move it)
+        self._tip_known = False
+        self._push_lock = threading.Lock()
         self._last_commit: float | None = None  # wall clock; None: ask git once
         self.identity = "unknown"  # set from the work directory (ptm.lease.agent_identity)
         self.on_foreign: Callable[[str], None] | None = None  # told of each foreign commit
@@ -219,10 +222,25 @@ class Ledger:
             body += f"\n{note}"
         body += f"\n{AGENT_TRAILER}: {self.identity}"
         with self._lock:
-            sha = self._commit(files, paths, replace, subject + body)
-            self._known()[status.task] = self.repo.run("rev-parse", f"{sha}:{folder}/{STATUS_FILE}")
+            sha, blobs = self._commit(files, paths, replace, subject + body)
+            self._known()[status.task] = blobs[f"{folder}/{STATUS_FILE}"]
             self._unpushed = True
             return sha
+
+    def _head(self) -> str | None:
+        """The local branch's commit: asked of git once, then kept as this object moves it."""
+        if not self._tip_known:
+            self._tip = self.repo.rev_parse(self.ref)
+            self._tip_known = True
+        return self._tip
+
+    def _move(self, sha: str, parent: str | None) -> None:
+        try:
+            self.repo.run("update-ref", self.ref, sha, parent or ZERO)
+        except BaseException:
+            self._tip_known = False
+            raise
+        self._tip = sha
 
     def _commit(
         self,
@@ -230,10 +248,11 @@ class Ledger:
         paths: Mapping[str, Path],
         replace: str | None,
         message: str,
-    ) -> str:
+    ) -> tuple[str, dict[str, str]]:
+        """Commit; return the commit and the blob of each path written."""
         repo = self.repo
         env = {"GIT_INDEX_FILE": str(self.path / INDEX_FILE)}
-        parent = repo.rev_parse(self.ref)
+        parent = self._head()
         try:
             if not self._index_fresh:
                 repo.run("read-tree", parent or "--empty", env=env)
@@ -241,10 +260,8 @@ class Ledger:
             if replace is not None:
                 old = repo.run("ls-files", "-z", "--", replace, env=env, strip=False)
                 lines += [f"0 {ZERO}\t{p}" for p in old.split("\0") if p]
-            lines += [f"100644 {self._blob(data)}\t{p}" for p, data in files.items()]
-            lines += [
-                f"100644 {self._blob(source.read_bytes())}\t{p}" for p, source in paths.items()
-            ]
+            blobs = self._blobs(files, paths)
+            lines += [f"100644 {blob}\t{p}" for p, blob in blobs.items()]
             repo.run_with_input(
                 "update-index",
                 "-z",
@@ -254,16 +271,41 @@ class Ledger:
             )
             tree = repo.run("write-tree", env=env)
             sha = self._commit_tree(tree, [parent] if parent else [], message)
-            repo.run("update-ref", self.ref, sha, parent or ZERO)
+            self._move(sha, parent)
         except BaseException:
             self._index_fresh = False
             raise
         self._index_fresh = True
         self._last_commit = time.time()
-        return sha
+        return sha, blobs
 
-    def _blob(self, data: bytes) -> str:
-        return self.repo.run_with_input("hash-object", "-w", "--stdin", stdin=data).decode().strip()
+    def _blobs(self, files: Mapping[str, bytes], paths: Mapping[str, Path]) -> dict[str, str]:
+        """Write every blob of a record with one ``hash-object`` (the bytes go through files
+        in a folder of this repository first); a name with a newline gets a call of its own."""
+        staging = self.path / "ptm-staging"
+        _remove_tree(staging)
+        staging.mkdir(mode=0o700)
+        try:
+            sources = dict(paths)
+            for n, (path, data) in enumerate(files.items()):
+                sources[path] = staging / str(n)
+                sources[path].write_bytes(data)
+            batch = [p for p, source in sources.items() if "\n" not in str(source)]
+            blobs: dict[str, str] = {}
+            if batch:
+                listed = "".join(f"{sources[p]}\n" for p in batch).encode()
+                out = self.repo.run_with_input(
+                    "hash-object", "-w", "--no-filters", "--stdin-paths", stdin=listed
+                )
+                blobs = dict(zip(batch, out.decode().split(), strict=True))
+            for path, source in sources.items():
+                if path not in blobs:
+                    data = source.read_bytes()
+                    out = self.repo.run_with_input("hash-object", "-w", "--stdin", stdin=data)
+                    blobs[path] = out.decode().strip()
+            return {p: blobs[p] for p in [*files, *paths]}
+        finally:
+            _remove_tree(staging)
 
     def _commit_tree(self, tree: str, parents: list[str], message: str) -> str:
         args = ["commit-tree", tree, "-m", message]
@@ -285,9 +327,8 @@ class Ledger:
         so that an idle agent cycle costs no git process here."""
         with self._lock:
             if self._unpushed is None:
-                repo = self.repo
-                head = repo.rev_parse(self.ref)
-                remote = repo.rev_parse(self.remote_ref)
+                head = self._head()
+                remote = self.repo.rev_parse(self.remote_ref)
                 self._unpushed = head is not None and head != remote
             return self._unpushed
 
@@ -295,21 +336,30 @@ class Ledger:
         """Push the journal; False when there was nothing to push.
 
         When the registry's branch has commits this agent did not make, push a merge that
-        keeps exactly this agent's tree (see the module docstring) and report each one."""
-        with self._lock:
-            if not self.unpushed():
-                return False
+        keeps exactly this agent's tree (see the module docstring) and report each one.
+
+        The push itself runs without the journal's lock, so records go on being committed
+        meanwhile (they are pushed next time)."""
+        with self._push_lock:
+            with self._lock:
+                if not self.unpushed():
+                    return False
+                tip = self._head()
+                assert tip is not None
             repo = self.repo
-            spec = f"{self.ref}:{self.ref}"
             try:
-                repo.run("push", "--quiet", REMOTE, spec)
+                repo.run("push", "--quiet", REMOTE, f"{tip}:{self.ref}")
             except RegistryError as exc:
                 if not _is_rejected_push(str(exc)):
                     raise
-                self._overrule_foreign_commits(repo)
-                repo.run("push", "--quiet", REMOTE, spec)
-            repo.run("update-ref", self.remote_ref, self.ref)
-            self._unpushed = False
+                with self._lock:
+                    self._overrule_foreign_commits(repo)
+                    tip = self._head()
+                    assert tip is not None
+                    repo.run("push", "--quiet", REMOTE, f"{tip}:{self.ref}")
+            with self._lock:
+                repo.run("update-ref", self.remote_ref, tip)
+                self._unpushed = self._head() != tip
             return True
 
     # ---- the lease (one site name, one runner) ----------------------------------------------
@@ -331,7 +381,7 @@ class Ledger:
         """An empty commit when nothing was committed for a while, so the lease stays fresh."""
         with self._lock:
             if self._last_commit is None:
-                tip = self.repo.rev_parse(self.ref)
+                tip = self._head()
                 stamp = self.repo.run("log", "-1", "--format=%ct", tip) if tip else ""
                 self._last_commit = float(stamp or 0)
             if time.time() - self._last_commit < LEASE_RENEW_S:
@@ -350,11 +400,15 @@ class Ledger:
         """An empty commit recording a fact that is not a task's state (a lease, a resume)."""
         body = "\n".join([f"Site: {self.site}", *lines, f"{AGENT_TRAILER}: {self.identity}"])
         message = f"{subject}\n\n{body}"
+        with self._lock:
+            self._note(message)
+
+    def _note(self, message: str) -> None:
         repo = self.repo
-        parent = repo.rev_parse(self.ref)
+        parent = self._head()
         tree = repo.run("rev-parse", f"{parent}^{{tree}}") if parent else EMPTY_TREE
         sha = self._commit_tree(tree, [parent] if parent else [], message)
-        repo.run("update-ref", self.ref, sha, parent or ZERO)
+        self._move(sha, parent)
         self._last_commit = time.time()
         self._unpushed = True
 
@@ -378,7 +432,7 @@ class Ledger:
             f"not made by this site's agent and are undone ({shas})"
         )
         merge = self._commit_tree(tree, [local, remote], message)
-        repo.run("update-ref", self.ref, merge, local)
+        self._move(merge, local)
 
 
 def status_blobs(repo: GitRepo, ref: str, site: str) -> dict[str, str]:

@@ -1,0 +1,175 @@
+"""Task throughput against the engine's floor: many trivial tasks, two at a time.
+
+    python bench/throughput.py [--tasks 40] [--parallel 2] [--profile out.prof]
+
+Pushes ``--tasks`` trivial tasks (``true`` in ptm-test/busybox:latest) for one site in one
+commit to a bare local registry, with a real ``ptm agent run`` (watch mode, ``max_parallel`` =
+``--parallel``), and takes the time from the push to the last result on the results branch.
+The floor: the same number of containers, with the sandbox's options, started with bare
+``docker run`` ``--parallel`` at a time, in the same run. Then it counts, from the results
+branch's history, how often each task was started (``running`` recorded): each exactly once.
+``--profile`` runs the agent under cProfile and writes its stats there. Needs a Docker engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import docker
+from idle_and_pickup import IMAGE, SITE, sandbox_options, site_config, wait_until
+
+from ptm.registry import init_registry
+from ptm.workdir import WorkDir
+
+FINAL = ("completed", "failed", "crashed", "rejected", "timed_out", "cancelled", "denied")
+
+
+def push_tasks(work: Path, count: int) -> float:
+    """Commit ``count`` tasks in one commit, push; return when the push began."""
+    for n in range(count):
+        task = work / "tasks" / f"t-{n:04d}"
+        task.mkdir(parents=True)
+        (task / "task.yaml").write_text(
+            f"ptm: 1\nimage: {IMAGE}\nsites: [{SITE}]\ncommand: ['true']\n"
+        )
+    subprocess.run(["git", "add", "tasks"], cwd=work, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", f"{count} tasks"], cwd=work, check=True)
+    began = time.time()
+    subprocess.run(["git", "push", "-q"], cwd=work, check=True)
+    return began
+
+
+def finished(registry: Path) -> int:
+    """How many tasks have a final status on the registry's results branch."""
+    ref = f"refs/heads/results/{SITE}"
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", ref, "--", "results/"],
+        cwd=registry,
+        capture_output=True,
+        text=True,
+    )
+    paths = [p for p in listing.stdout.splitlines() if p.endswith("/status.yaml")]
+    if not paths:
+        return 0
+    batch = "".join(f"{ref}:{p}\n" for p in paths)
+    shown = subprocess.run(
+        ["git", "cat-file", "--batch"], cwd=registry, input=batch, capture_output=True, text=True
+    )
+    return sum(
+        1
+        for line in shown.stdout.splitlines()
+        if line.split(": ")[-1] in FINAL and line.startswith("state: ")
+    )
+
+
+def starts_per_task(registry: Path) -> Counter[str]:
+    """Task id -> how many ``running`` records the results branch's history holds."""
+    log = subprocess.run(
+        ["git", "log", "--format=%B%x00", f"refs/heads/results/{SITE}"],
+        cwd=registry,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    counts: Counter[str] = Counter()
+    for message in log.stdout.split("\0"):
+        lines = dict(
+            line.split(": ", 1) for line in message.strip().splitlines()[1:] if ": " in line
+        )
+        if lines.get("State") == "running":
+            counts[lines["Task"]] += 1
+    return counts
+
+
+def run_agent(folder: Path, count: int, parallel: int, profile: str | None) -> tuple[float, Path]:
+    registry = folder / "registry.git"
+    init_registry(registry, bare=True)
+    subprocess.run(["git", "config", "receive.autogc", "false"], cwd=registry, check=True)
+    work = folder / "researcher"
+    subprocess.run(["git", "clone", "-q", str(registry), str(work)], check=True)
+    config = site_config(folder, registry, 30)
+    text = config.read_text() + f"limits:\n  max_parallel: {parallel}\n"
+    config.write_text(text)
+    command = [sys.executable, "-m", "ptm", "agent", "run", "--config", str(config)]
+    if profile:
+        command[1:3] = ["-m", "cProfile", "-o", profile, "-m", "ptm"]
+    with open(folder / "agent.log", "wb") as log:
+        agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        workdir = WorkDir(folder / "work")
+        wait_until(lambda: workdir.load_state().processed, 60, "the agent's first cycle")
+        began = push_tasks(work, count)
+        wait_until(lambda: finished(registry) >= count, 30 + count, "every result")
+        took = time.time() - began
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    return took, registry
+
+
+def bare_engine(folder: Path, count: int, parallel: int) -> float:
+    """``count`` sandboxed ``docker run --rm`` of the same image, ``parallel`` at a time."""
+    options = sandbox_options(folder)
+    pending = list(range(count))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                pending.pop()
+            command = ["docker", "run", "--rm", *options, IMAGE, "true"]
+            subprocess.run(command, check=True, capture_output=True)
+
+    began = time.time()
+    threads = [threading.Thread(target=worker) for _ in range(parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.time() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=40, help="trivial tasks to push at once")
+    parser.add_argument("--parallel", type=int, default=2, help="max_parallel and floor width")
+    parser.add_argument("--profile", help="run the agent under cProfile, stats to this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
+        folder = Path(tmp)
+        ptm_time, registry = run_agent(folder, args.tasks, args.parallel, args.profile)
+        starts = starts_per_task(registry)
+        floor = bare_engine(folder, args.tasks, args.parallel)
+        client = docker.from_env()
+        for container in client.containers.list(all=True, filters={"label": f"ptm.site={SITE}"}):
+            container.remove(force=True)
+    twice = sorted(t for t, n in starts.items() if n > 1)
+    never = args.tasks - len(starts)
+    print(
+        f"ptm:    {ptm_time:.2f} s push -> last of {args.tasks} results on the branch "
+        f"(max_parallel {args.parallel}, local registry, watch mode)"
+    )
+    print(
+        f"floor:  {floor:.2f} s the same containers, bare 'docker run', {args.parallel} at a time"
+    )
+    print(f"ratio:  {ptm_time / floor:.2f}x the floor (goal <= 1.25x)")
+    print(
+        f"once:   {len(starts) - len(twice)} of {args.tasks} tasks started exactly once "
+        f"(started twice: {len(twice)}{': ' + ', '.join(twice[:5]) if twice else ''}; "
+        f"never: {never})"
+    )
+    if twice or never:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
