@@ -22,10 +22,12 @@ from ptm.judgement import judge, parse_task
 from ptm.lease import LeaseHeld, agent_identity
 from ptm.ledger import Ledger
 from ptm.push_access import is_permission_denied
+from ptm.registry import ssh_environment
 from ptm.resume import pending_resumes
 from ptm.runtimes.base import ContainerRef, Runtime
 from ptm.signatures import cancel_signer_ok, verify_cancel
 from ptm.siteconfig import SiteConfig
+from ptm.ssh_share import SharedConnection
 from ptm.status import State, StatusRecord, utc_now_text
 from ptm.sync import TaskChange, TasksMirror, TaskSnapshot
 from ptm.task import CANCEL_FILE, Task
@@ -65,6 +67,11 @@ class Agent:
             sign_key=config.signing_key,
             known_hosts=registry.known_hosts,
         )
+        self.ssh = SharedConnection(
+            registry.url, self.workdir.root / "ssh", poll_interval=config.poll_interval
+        )
+        if self.ssh.usable:
+            self.mirror.share = self.ledger.share = self.ssh
         self.log = logging.getLogger(f"ptm.agent.{config.site}")
         self.stopping = threading.Event()
         self.execution = TaskExecution(
@@ -80,6 +87,7 @@ class Agent:
         self._running: dict[str, threading.Thread] = {}
         self._queue: list[tuple[Task, StatusRecord, ContainerRef | None]] = []
         self._cancel: set[str] = set()
+        self._ending: list[threading.Thread] = []  # runs that gave up their slot, not yet done
         self._lock = threading.Lock()
         self.wakeup = threading.Event()
 
@@ -104,6 +112,8 @@ class Agent:
         if running == 0:
             self.ledger.release_lease()  # nothing left to re-attach: a replacement may start
         self.publish()
+        registry = self.config.registry
+        self.ssh.close(ssh_environment(registry.ssh_key, registry.known_hosts))
         return running
 
     def once(self) -> CycleReport:
@@ -117,7 +127,7 @@ class Agent:
         while True:
             with self._lock:
                 self._start_queued()
-                threads = list(self._running.values())
+                threads = [*self._running.values(), *self._ending]
             if not threads:
                 return
             for thread in threads:
@@ -128,13 +138,17 @@ class Agent:
 
     def cycle(self) -> CycleReport:
         self._reap()
+        registry = self.config.registry
+        self.ssh.ensure(ssh_environment(registry.ssh_key, registry.known_hosts))
         self._apply_admin_decisions()
         self._record_resumes()
         state = self.workdir.load_state()
         if state.halted:
             self.log.error("halted: %s", state.halted, extra={"decision": "halted"})
             return CycleReport(None, 0, 0, self.publish(), idle=True)
-        head = self.mirror.remote_head()
+        # Over a shared SSH connection the fetch is the poll: one round trip, not two.
+        fetched = self.ssh.usable
+        head = self.mirror.fetch(polling=True) if fetched else self.mirror.remote_head()
         if head is None:
             raise RegistryError(
                 f"{self.config.registry.url}: the tasks branch "
@@ -144,7 +158,8 @@ class Agent:
             with self._lock:
                 started = self._start_queued()
             return CycleReport(head, 0, started, self.publish(), idle=started == 0)
-        head = self.mirror.fetch()
+        if not fetched:
+            head = self.mirror.fetch()
         try:
             self.mirror.check_not_rewritten(state.processed, head)
         except TamperingDetected as exc:
@@ -161,6 +176,8 @@ class Agent:
         self.workdir.save_state(self.workdir.load_state().with_processed(head))
         with self._lock:
             started += self._start_queued()
+        if fetched:
+            self.mirror.upkeep()
         new = sum(1 for c in changes if c.is_new)
         return CycleReport(head, new, started, self.publish(), idle=False)
 
@@ -489,7 +506,11 @@ class Agent:
     def _run(self, task: Task, record: StatusRecord, attach: ContainerRef | None) -> None:
         try:
             final = self.execution.run(
-                task, record, attach_to=attach, cancelled=lambda: task.id in self._cancel
+                task,
+                record,
+                attach_to=attach,
+                cancelled=lambda: task.id in self._cancel,
+                concluded=lambda: self._free_slot(task.id),
             )
         except AgentStopping:
             return  # still open on the ledger: the next start resumes it
@@ -510,14 +531,17 @@ class Agent:
     def _free_slot(self, task_id: str) -> None:
         """A run ends: its slot goes to the next queued task at once, not at the next cycle."""
         with self._lock:
-            if self._running.get(task_id) is threading.current_thread():
+            thread = threading.current_thread()
+            if self._running.get(task_id) is thread:
                 del self._running[task_id]
                 self._cancel.discard(task_id)
+                self._ending.append(thread)  # still removing its container: drain waits
             if not self.stopping.is_set():
                 self._start_queued()
 
     def _reap(self) -> None:
         with self._lock:
+            self._ending = [t for t in self._ending if t.is_alive()]
             for task_id, thread in list(self._running.items()):
                 if not thread.is_alive():
                     del self._running[task_id]

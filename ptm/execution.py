@@ -142,7 +142,10 @@ class TaskExecution:
         *,
         cancelled: Callable[[], bool],
         attach_to: ContainerRef | None = None,
+        concluded: Callable[[], None] | None = None,
     ) -> StatusRecord:
+        """Run the task to its final record; ``concluded`` is told once that is committed,
+        before the container is removed (its slot can go to the next task meanwhile)."""
         folders = RunFolders(self.workdir.run_dir(task.id))
         engine = self.engine
         if attach_to is None:
@@ -180,6 +183,8 @@ class TaskExecution:
             lambda: self.runtime.wait(ref, timeout_s=timeout, cancelled=cancelled),
         )
         final = self._conclude(task, record, outcome, folders)
+        if concluded is not None:
+            concluded()
         engine.call("a removal", task.id, lambda: self.runtime.remove(ref))
         shutil.rmtree(folders.root, ignore_errors=True)
         return final

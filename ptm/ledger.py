@@ -39,6 +39,7 @@ from ptm.lease import (
 )
 from ptm.registry import ssh_environment
 from ptm.schema import dump_yaml, load_yaml_text
+from ptm.ssh_share import SharedConnection
 from ptm.status import StatusRecord
 from ptm.workdir import write_atomically
 
@@ -97,10 +98,12 @@ class Ledger:
         self._last_commit: float | None = None  # wall clock; None: ask git once
         self.identity = "unknown"  # set from the work directory (ptm.lease.agent_identity)
         self.on_foreign: Callable[[str], None] | None = None  # told of each foreign commit
+        self.share: SharedConnection | None = None  # one SSH connection for every call
 
     @property
     def repo(self) -> GitRepo:
-        return GitRepo(self.path, env=ssh_environment(self._ssh_key, self._known_hosts))
+        env = ssh_environment(self._ssh_key, self._known_hosts)
+        return GitRepo(self.path, env=self.share.environment(env) if self.share else env)
 
     @property
     def exists(self) -> bool:

@@ -165,7 +165,7 @@ class SiteConfig:
     registry: RegistrySettings
     source: Path | None = field(default=None, compare=False)  # the file, when loaded from one
     workdir: Path = DEFAULT_WORKDIR
-    poll_interval: int = 30
+    poll_interval: float = 30  # fractions allowed, from 0.5 s (the schema's minimum)
     policy: PolicySettings = field(default_factory=PolicySettings)
     limits: Limits = field(default_factory=Limits)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
@@ -231,7 +231,7 @@ class _Builder:
             registry=self.registry(document["registry"]),
             source=path,
             workdir=workdir if workdir is not None else DEFAULT_WORKDIR,
-            poll_interval=document.get("poll_interval", 30),
+            poll_interval=float(document.get("poll_interval", 30)),
             policy=self.policy(document.get("policy", {})),
             limits=self.limits(document.get("limits", {})),
             runtime=self.runtime(document.get("runtime", {})),

@@ -19,6 +19,7 @@ from ptm.gitrepo import GitRepo, SignatureCheck
 from ptm.names import is_valid_name
 from ptm.registry import TASKS_DIR, clone, ssh_environment
 from ptm.schema import FILE_PATH
+from ptm.ssh_share import SharedConnection
 from ptm.task import CANCEL_FILE, TASK_FILE
 from ptm.treecheck import (
     TREE_MODE,
@@ -166,10 +167,15 @@ class TasksMirror:
         self.ssh_key = ssh_key
         self.known_hosts = known_hosts
         self._index: TasksIndex | None = None  # the last one read: the next cycle's "before"
+        self.share: SharedConnection | None = None  # one SSH connection for every call
+
+    def _env(self) -> dict[str, str]:
+        env = ssh_environment(self.ssh_key, self.known_hosts)
+        return self.share.environment(env) if self.share is not None else env
 
     @property
     def repo(self) -> GitRepo:
-        return GitRepo(self.path, env=ssh_environment(self.ssh_key, self.known_hosts))
+        return GitRepo(self.path, env=self._env())
 
     def ensure_clone(self) -> None:
         if (self.path / ".git").is_dir():
@@ -190,17 +196,43 @@ class TasksMirror:
 
     def remote_head(self) -> str | None:
         """One cheap ``ls-remote``: the branch head on the registry, or None if it is missing."""
-        return GitRepo(
-            self.path.parent, env=ssh_environment(self.ssh_key, self.known_hosts)
-        ).remote_head(self.url, self.branch)
+        return GitRepo(self.path.parent, env=self._env()).remote_head(self.url, self.branch)
 
-    def fetch(self) -> str:
+    def fetch(self, *, polling: bool = False) -> str:
+        """Fetch the tasks branch; ``polling``: as the poll itself, which most often brings
+        nothing, so it writes no FETCH_HEAD and leaves git's upkeep to ``upkeep``."""
         refspec = f"+refs/heads/{self.branch}:refs/remotes/{REMOTE}/{self.branch}"
-        self.repo.run("fetch", "--quiet", "--no-tags", REMOTE, refspec)
-        head = self.repo.rev_parse(f"{REMOTE}/{self.branch}")
+        if polling:
+            self.repo.run(
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+                self.url,  # named in a failure's message, like ls-remote's
+                refspec,
+                config={"maintenance.auto": "false"},
+            )
+        else:
+            self.repo.run("fetch", "--quiet", "--no-tags", REMOTE, refspec)
+        head = self._loose_ref(f"refs/remotes/{REMOTE}/{self.branch}") if polling else None
+        head = head or self.repo.rev_parse(f"{REMOTE}/{self.branch}")
         if head is None:
             raise RegistryError(f"{self.url}: branch {self.branch!r} not found in the registry")
         return head
+
+    def _loose_ref(self, ref: str) -> str | None:
+        """The commit a fetch just wrote into a loose ref file (no git process for an idle
+        poll); None when the ref is packed or the file is not a plain object id."""
+        try:
+            text = (self.path / ".git" / ref).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if len(text) == 40 and all(c in "0123456789abcdef" for c in text) else None
+
+    def upkeep(self) -> None:
+        """git's automatic upkeep (packing loose objects) that a polling fetch skipped."""
+        self.repo.run("maintenance", "run", "--auto", "--quiet")
 
     def check_not_rewritten(self, processed: str | None, head: str) -> None:
         if processed is None or processed == head:

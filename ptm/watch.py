@@ -177,6 +177,7 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
                 "woken" if woken else "retry" if failures else "poll",
                 extra={"decision": "cycle"},
             )
+            began = time.monotonic()
             try:
                 if not started:
                     agent.start()
@@ -197,6 +198,8 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
                     extra={"decision": "cycle-failed"},
                 )
             delay = retry_delay(agent.config.poll_interval, failures)
+            if failures == 0:  # a poll every poll_interval, however long the cycle took
+                delay = max(0.0, delay - (time.monotonic() - began))
             # A backoff is not cut short by a wakeup (it is kept for the cycle after it).
             _sleep_until(agent.wakeup, stop, delay, wake_early=failures == 0)
     running = agent.hand_back() if started else 0

@@ -89,7 +89,13 @@ def running_sshd(folder: Path, authorized_keys: list[str]) -> Iterator[SshServer
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     log = folder / "sshd.log"
-    process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config), "-E", str(log)])
+    # No pipe of ours in sshd (its log goes to the file): a session a client keeps open after
+    # the test (an agent's shared connection) must not hold the test runner's output open.
+    process = subprocess.Popen(
+        [str(SSHD), "-D", "-e", "-f", str(config), "-E", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port, process, log)
         key_line = " ".join(host_key.public_line.split()[:2])

@@ -212,7 +212,9 @@ def test_an_engine_outage_delays_a_task_and_never_fails_it(
     agent.cycle()
     time.sleep(2.5)  # the engine is away: the task must wait, not fail
     record = agent.ledger.status_of("patient")
-    assert record is not None and record.state == "pulling", record
+    # 'pulling' when the engine was already away at the image check, else 'accepted' (the
+    # image was there; the start waits): open either way, never failed
+    assert record is not None and record.state in {"accepted", "pulling"}, record
     engine_socket.open()
     agent.drain()
     agent.publish()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,34 @@ def test_the_agent_pins_the_registry_host_key(
         registry = {**registry, "known_hosts": str(wrong)}
         with pytest.raises(RegistryError, match=r"[Hh]ost key"):
             ssh_agent(tmp_path / "bad", registry)
+
+
+def test_one_shared_ssh_connection_serves_every_poll_and_ends_with_the_agent(
+    bare_registry: Path, tmp_path: Path, test_image: str
+) -> None:
+    key = make_ssh_key(tmp_path / "deploy", "deploy_key")
+    researcher = Researcher(bare_registry, tmp_path / "researcher")
+    researcher.submit("first", "true")
+    with running_sshd(tmp_path / "sshd", [key.public_line]) as server:
+        url = server.url(str(bare_registry).lstrip("/"))
+        pinned = server.known_hosts(tmp_path / "known_hosts")
+        registry = {"url": url, "ssh_key": str(key.private), "known_hosts": str(pinned)}
+        agent = ssh_agent(tmp_path / "s", registry)
+        agent.once()
+        deadline = time.monotonic() + 20
+        while not agent.ssh.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert agent.ssh.alive(), "no shared connection"
+        log = server.folder / "sshd.log"
+        logins = log.read_text().count("Accepted publickey")
+        researcher.submit("second", "true")
+        for _ in range(3):
+            agent.once()
+        assert log.read_text().count("Accepted publickey") == logins  # no new login
+        record = agent.ledger.status_of("second")
+        assert record is not None and record.state == "completed"
+        agent.hand_back()
+        assert not agent.ssh.alive()
 
 
 GITOLITE_CONF = """repo registry

@@ -1,0 +1,44 @@
+"""Throughput: a run's end hands its slot to the next queued task at once (no cycle needed),
+each task is started once, and ``poll_interval`` takes fractions down to 0.5 s."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ptm.errors import PtmError
+from ptm.siteconfig import load_site_config
+from tests.agent_support import Researcher, site_agent, states_in_history, write_site_config
+
+pytestmark = pytest.mark.docker
+
+
+def test_a_freed_slot_starts_the_next_queued_task_without_a_cycle(
+    bare_registry: Path, tmp_path: Path, test_image: str
+) -> None:
+    researcher = Researcher(bare_registry, tmp_path / "researcher")
+    for n in range(4):
+        researcher.submit(f"q-{n}", "true")
+    agent = site_agent(tmp_path, "hospital-a", bare_registry, limits={"max_parallel": 1})
+    report = agent.cycle()  # one cycle only: it accepts all four and starts the first
+    assert report.new_tasks == 4 and report.started == 1
+    deadline = time.monotonic() + 90
+    records = {}
+    while time.monotonic() < deadline:
+        records = agent.ledger.records([f"q-{n}" for n in range(4)])
+        if len(records) == 4 and all(r.state == "completed" for r in records.values()):
+            break
+        time.sleep(0.2)
+    assert {t: r.state for t, r in records.items()} == {f"q-{n}": "completed" for n in range(4)}
+    agent.publish()
+    for n in range(4):  # pull: never with the image present: no 'pulling' is recorded
+        assert states_in_history(bare_registry, f"q-{n}") == ["accepted", "running", "completed"]
+
+
+def test_poll_interval_takes_fractions_down_to_half_a_second(tmp_path: Path) -> None:
+    config = load_site_config(write_site_config(tmp_path, "a", tmp_path, poll_interval=0.5))
+    assert config.poll_interval == 0.5
+    with pytest.raises(PtmError, match="poll_interval"):
+        load_site_config(write_site_config(tmp_path, "b", tmp_path, poll_interval=0.4))
