@@ -27,7 +27,6 @@ from pathlib import Path
 
 from ptm.errors import InvalidDocument, RegistryError
 from ptm.gitrepo import GitRepo, signing_config
-from ptm.gittrees import read_blobs
 from ptm.lease import (
     AGENT_TRAILER,
     LEASE_RENEW_S,
@@ -41,6 +40,7 @@ from ptm.registry import ssh_environment
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.ssh_share import SharedConnection
 from ptm.status import StatusRecord
+from ptm.tree_paths import read_blobs as read_capped_blobs
 from ptm.workdir import write_atomically
 
 REMOTE = "origin"
@@ -164,17 +164,21 @@ class Ledger:
             blob = self._known().get(task_id)
         if blob is None:
             return None
-        (data,) = read_blobs(self.repo, [blob])
+        (data,) = self._read([blob])
         return _parse_record(data, f"{self.branch}:{result_path(task_id, self.site)}")
+
+    def _read(self, blobs: list[str]) -> list[bytes | None]:
+        """Status blobs, sizes checked first: an adopted branch's record can be of any size,
+        and one over MAX_STATUS_BYTES is never read into memory (it counts as unreadable)."""
+        found = read_capped_blobs(self.repo, blobs, max_bytes=MAX_STATUS_BYTES)
+        return [data if isinstance(data, bytes) else None for data in found]
 
     def records(self, task_ids: list[str]) -> dict[str, StatusRecord]:
         with self._lock:
             known = self._known()
             wanted = [(t, known[t]) for t in task_ids if t in known]
         found = {}
-        for (task_id, _), data in zip(
-            wanted, read_blobs(self.repo, [b for _, b in wanted]), strict=True
-        ):
+        for (task_id, _), data in zip(wanted, self._read([b for _, b in wanted]), strict=True):
             record = _parse_record(data, f"{self.branch}:{result_path(task_id, self.site)}")
             if record is not None:
                 found[task_id] = record

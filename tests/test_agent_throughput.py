@@ -3,14 +3,18 @@ each task is started once, and ``poll_interval`` takes fractions down to 0.5 s."
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
 import pytest
 
 from ptm.errors import PtmError
+from ptm.ledger import Ledger
 from ptm.siteconfig import load_site_config
 from tests.agent_support import Researcher, site_agent, states_in_history, write_site_config
+from tests.crafted import FILE, TREE, big_blob, commit, tree
+from tests.fixtures_git import git
 
 pytestmark = pytest.mark.docker
 
@@ -42,3 +46,29 @@ def test_poll_interval_takes_fractions_down_to_half_a_second(tmp_path: Path) -> 
     assert config.poll_interval == 0.5
     with pytest.raises(PtmError, match="poll_interval"):
         load_site_config(write_site_config(tmp_path, "b", tmp_path, poll_interval=0.4))
+
+
+def test_an_adopted_status_blob_over_its_cap_is_never_read_into_memory(
+    bare_registry: Path, tmp_path: Path
+) -> None:
+    size = 128 * 1024 * 1024
+    status = big_blob(bare_registry, size)
+    site_tree = tree(bare_registry, [(FILE, b"status.yaml", status)])
+    task_tree = tree(bare_registry, [(TREE, b"hospital-a", site_tree)])
+    results = tree(bare_registry, [(TREE, b"big", task_tree)])
+    root = tree(bare_registry, [(TREE, b"results", results)])
+    sha = commit(bare_registry, root, [])
+    git(bare_registry, "update-ref", "refs/heads/results/hospital-a", sha)
+    ledger = Ledger(
+        tmp_path / "ledger.git",
+        url=str(bare_registry),
+        site="hospital-a",
+        ssh_key=None,
+        sign_key=None,
+    )
+    ledger.ensure()  # adopts the registry's branch, its records unproven
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert ledger.status_of("big") is None  # over MAX_STATUS_BYTES: unreadable, not read
+    assert ledger.all_records() == []
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    assert grown < 64 * 1024 * 1024, f"peak memory grew by {grown} bytes"
