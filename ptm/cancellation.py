@@ -16,8 +16,10 @@ from ptm.names import check_name
 from ptm.registry import commit, push_with_rebase, signing_options
 from ptm.schema import dump_yaml, load_yaml_text, problems_in
 from ptm.task import CANCEL_FILE, TASK_FILE, TASKS_DIR
+from ptm.treecheck import object_sizes
 
 DEFAULT_REMOTE = "origin"
+MAX_REASON_FILE_BYTES = 64 * 1024
 RetryCallback = Callable[[int, str], None]
 
 
@@ -64,15 +66,22 @@ def cancel_task(
 
 
 def _check_cancellable(repo: GitRepo, refs: RegistryRefs, task_id: str) -> None:
+    """Sizes first (``cat-file --batch-check``): a crafted multi-megabyte cancel.yaml is never
+    read whole just to quote its reason."""
     task_dir = f"{TASKS_DIR}/{task_id}"
-    task_data, cancel_data = read_blobs(
-        repo,
-        [f"{refs.tasks_ref}:{task_dir}/{TASK_FILE}", f"{refs.tasks_ref}:{task_dir}/{CANCEL_FILE}"],
-    )
-    if task_data is None:
+    specs = [
+        f"{refs.tasks_ref}:{task_dir}/{TASK_FILE}",
+        f"{refs.tasks_ref}:{task_dir}/{CANCEL_FILE}",
+    ]
+    task_info, cancel_info = object_sizes(repo, specs)
+    if task_info is None:
         raise PtmError(f"no task {task_id!r} in the registry (branch {refs.tasks_branch})")
-    if cancel_data is not None:
-        raise PtmError(f"task {task_id} is cancelled already{_cancel_reason(cancel_data)}")
+    if cancel_info is not None:
+        reason = ""
+        if cancel_info[0] == "blob" and cancel_info[1] <= MAX_REASON_FILE_BYTES:
+            (cancel_data,) = read_blobs(repo, specs[1:])
+            reason = _cancel_reason(cancel_data) if cancel_data is not None else ""
+        raise PtmError(f"task {task_id} is cancelled already{reason}")
 
 
 def _cancel_reason(data: bytes) -> str:

@@ -121,3 +121,17 @@ def test_cancel_json(submitted: Path, capsys: pytest.CaptureFixture[str]) -> Non
     document = json.loads(capsys.readouterr().out)
     assert document["task_id"] == "t1" and document["signed"] is False
     assert document["requested_by"] == "alice@uni.example" and len(document["commit"]) == 40
+
+
+def test_a_huge_crafted_cancel_file_is_not_read_to_quote_it(
+    bare_registry: Path, submitted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = "ptm: 1\nreason: " + "x" * (2 * 1024 * 1024) + "\n"
+    (submitted / "tasks" / "t1" / "cancel.yaml").write_text(huge)
+    git(submitted, "add", "tasks/t1/cancel.yaml")
+    git(submitted, "commit", "-q", "-m", "huge cancel")
+    git(submitted, "push", "-q", "origin", "HEAD:main")
+    capsys.readouterr()
+    assert cancel(submitted, "t1", "--reason", "again") == 1
+    err = capsys.readouterr().err
+    assert "task t1 is cancelled already" in err and "xxxx" not in err
