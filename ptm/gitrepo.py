@@ -239,27 +239,9 @@ class GitRepo:
         )
         return parse_name_status(out)
 
-    def commits_touching(self, rev_range: str, path: str) -> list[str]:
-        out = self.run("rev-list", "--full-history", "--no-merges", rev_range, "--", path)
-        return out.split()
-
     def list_tree(self, rev: str, path: str) -> list[str]:
         out = self.run("ls-tree", "-r", "-z", "--name-only", rev, "--", path, strip=False)
         return [p for p in out.split("\0") if p]
-
-    def signatures(self, commits: Sequence[str], *, allowed_signers: Path) -> list[SignatureCheck]:
-        if not commits:
-            return []
-        out = self.run(
-            "log",
-            "--no-walk=unsorted",
-            "-z",
-            "--format=%H%x1f%G?%x1f%GS%x1f%GK%x1f%ae%x1f%s",
-            *commits,
-            config={"gpg.ssh.allowedSignersFile": str(allowed_signers)},
-            strip=False,
-        )
-        return parse_signatures(out)
 
     def remote_head(self, url: str, branch: str) -> str | None:
         out = self.run("ls-remote", "--", url, f"refs/heads/{branch}")
@@ -287,17 +269,6 @@ class GitRepo:
 def parse_name_status(output: str) -> list[FileChange]:
     fields = [f for f in output.split("\0") if f]
     return [FileChange(fields[i][0], fields[i + 1]) for i in range(0, len(fields) - 1, 2)]
-
-
-def parse_signatures(output: str) -> list[SignatureCheck]:
-    checks = []
-    for record in output.split("\0"):
-        record = record.strip("\n")
-        if not record:
-            continue
-        sha, status, signer, key, author, subject = (record.split("\x1f") + [""] * 6)[:6]
-        checks.append(SignatureCheck(sha, status, signer, key, author, subject))
-    return checks
 
 
 def signing_config(sign_key: Path | None) -> dict[str, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptm.errors import Problem, RegistryError, TamperingDetected
-from ptm.gitrepo import GitRepo, SignatureCheck
+from ptm.gitrepo import GitRepo
 from ptm.names import is_valid_name
 from ptm.registry import TASKS_DIR, clone, ssh_environment
 from ptm.schema import FILE_PATH
@@ -324,13 +324,6 @@ class TasksMirror:
         """The newest commit up to ``head`` that touched ``tasks/<id>/``."""
         found = self.repo.run("rev-list", "-1", head, "--", f"{TASKS_DIR}/{task_id}/")
         return found or head
-
-    def task_commits(self, task_id: str, head: str) -> list[str]:
-        """Every commit up to ``head`` that touched ``tasks/<id>/`` (merges included)."""
-        return self.repo.commits_touching(head, f"{TASKS_DIR}/{task_id}/")
-
-    def signatures(self, commits: list[str], allowed_signers: Path) -> list[SignatureCheck]:
-        return self.repo.signatures(commits, allowed_signers=allowed_signers)
 
 
 def _folder_problem(task_id: str, entries: tuple[RawEntry, ...]) -> Problem | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -106,8 +105,7 @@ def run_pending(args: argparse.Namespace) -> int:
         ssh_key=config.registry.ssh_key,
     )
     queued = {d.task_id: d for d in pending_decisions(WorkDir(config.workdir))}
-    with tempfile.TemporaryDirectory(prefix="ptm-pending-") as scratch:
-        details = [_pending_detail(r, mirror, Path(scratch), queued) for r in waiting]
+    details = [_pending_detail(r, mirror, queued) for r in waiting]
     if args.json:
         print_json(details)
         return 0
@@ -137,7 +135,7 @@ def _pending_lines(item: dict[str, Any]) -> list[str]:
 
 
 def _pending_detail(
-    record: StatusRecord, mirror: TasksMirror, scratch: Path, queued: dict[str, AdminDecision]
+    record: StatusRecord, mirror: TasksMirror, queued: dict[str, AdminDecision]
 ) -> dict[str, Any]:
     snapshot = mirror.snapshot_at(record.task, record.task_commit)
     decision = queued.get(record.task)
