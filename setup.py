@@ -28,6 +28,12 @@ TEMPLATE_FILES = data_files("registry-template")
 # The examples ship with ptm as ptm.examples: 'ptm demo' builds and runs federated-mean.
 EXAMPLE_FILES = [f for f in data_files("examples") if "/" in f]
 
+BASE_REQUIRES = ["jsonschema>=4.18", "pyyaml>=6.0.1"]
+SFTP_REQUIRES = ["paramiko>=3.4"]  # ptm sftp serve (the trusted third party)
+AGE_REQUIRES = ["pyrage>=1.2.3"]  # ptm results --identity (decrypting results)
+# ptm agent and ptm demo: containers, the watch loop, delivery over SFTP, encrypted results
+AGENT_REQUIRES = ["docker>=7.1", "watchdog>=3.0", *SFTP_REQUIRES, *AGE_REQUIRES]
+
 setup(
     # "ptm" on the public package index is an unrelated project: the distribution is
     # ptm-health-train, the import package and the command stay "ptm".
@@ -58,20 +64,21 @@ setup(
         "ptm.registry_template": TEMPLATE_FILES,
         "ptm.examples": EXAMPLE_FILES,
     },
-    # Floors are tested: scripts/test-lowest installs exactly these versions and runs the
-    # tests that use each library. docker 7.0 cannot reach an engine with requests >= 2.32,
-    # paramiko < 3.4 lacks the Terrapin fix, PyYAML 6.0 does not build with Cython 3, pyrage
-    # < 1.2.3 has age's plugin-name flaw (GHSA-4fg7-vxc8-qx5w).
-    install_requires=[
-        "watchdog>=3.0",
-        "docker>=7.1",
-        "jsonschema>=4.18",
-        "pyyaml>=6.0.1",
-        "paramiko>=3.4",
-        "pyrage>=1.2.3",
-    ],
+    # The base install is what researchers, auditors and registry CI (ptm validate, ptm task,
+    # status, results, audit, policy explain; the pre-commit hook) need; the libraries only a
+    # site agent, the SFTP service or decrypting results needs are extras, and a command that
+    # lacks one says which to install (ptm/commands/__init__.py, EXTRA_OF_LIBRARY).
+    # Floors are tested: scripts/test-lowest installs exactly these versions (extras included)
+    # and runs the tests that use each library. docker 7.0 cannot reach an engine with
+    # requests >= 2.32, paramiko < 3.4 lacks the Terrapin fix, PyYAML 6.0 does not build with
+    # Cython 3, pyrage < 1.2.3 has age's plugin-name flaw (GHSA-4fg7-vxc8-qx5w).
+    install_requires=BASE_REQUIRES,
     extras_require={
+        "agent": AGENT_REQUIRES,
+        "sftp": SFTP_REQUIRES,
+        "age": AGE_REQUIRES,
         "test": [
+            *AGENT_REQUIRES,
             "pytest>=7.4",
             "pytest-timeout>=2.1",
             "hypothesis>=6.0",

@@ -23,11 +23,15 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyrage
-from pyrage import ssh
+from typing import TYPE_CHECKING
 
 from ptm.errors import PtmError
+
+if TYPE_CHECKING:
+    from pyrage import ssh
+
+# pyrage is imported where it is used, not here: researchers' commands (status, results, audit)
+# and 'ptm policy explain' read this module's keys and fingerprints without the age extra.
 
 SUPPORTED_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -81,6 +85,9 @@ def parse_public_key(text: str, *, source: str) -> RecipientKey:
     if _first_string(raw) != key_type.encode():
         raise EncryptionError(f"{source}: the key's data does not hold a {key_type} key")
     key = RecipientKey(key_type, blob)
+    import pyrage
+    from pyrage import ssh
+
     try:
         ssh.Recipient.from_str(key.line)
     except pyrage.RecipientError as exc:
@@ -231,6 +238,9 @@ def encrypt(plaintext: bytes, recipients: Sequence[RecipientKey]) -> bytes:
     """An age file (binary) that each of ``recipients`` can decrypt."""
     if not recipients:
         raise EncryptionError("nothing to encrypt to: no recipient key")
+    import pyrage
+    from pyrage import ssh
+
     try:
         targets = [ssh.Recipient.from_str(key.line) for key in recipients]
         return pyrage.encrypt(plaintext, targets)
@@ -253,6 +263,9 @@ def load_private_key(path: Path) -> PrivateKey:
         data = path.read_bytes()[:MAX_KEY_FILE_BYTES]
     except OSError as exc:
         raise EncryptionError(f"{path}: cannot read the private key: {exc.strerror}") from exc
+    import pyrage
+    from pyrage import ssh
+
     try:
         identity = ssh.Identity.from_buffer(data)
     except pyrage.IdentityError as exc:
@@ -295,6 +308,8 @@ def decrypt(ciphertext: bytes, key: PrivateKey, *, source: str, recipients: Sequ
     """The plaintext of an age file; EncryptionError in one line when ``key`` is not one of its
     recipients (``recipients``: the fingerprints it says it was encrypted to) or when the file
     fails age's integrity check."""
+    import pyrage
+
     try:
         return pyrage.decrypt(ciphertext, [key.identity])
     except pyrage.DecryptError as exc:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ptm import __version__, logs
-from ptm.commands import COMMANDS, command_module
+from ptm.commands import COMMANDS, command_module, install_hint, missing_extra
 from ptm.console import printable_lines
 from ptm.errors import PtmError
 from ptm.urls import redact_text
@@ -59,8 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # surface as some git call's OSError in the middle of the work.
         print(NO_GIT, file=sys.stderr)
         return EXIT_ERROR
-    args = build_parser(selected).parse_args(argv)
+    args: argparse.Namespace | None = None
     try:
+        args = build_parser(selected).parse_args(argv)
         result: int = args.handler(args)
         return result
     except PtmError as exc:
@@ -69,13 +70,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ptm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        return _missing_library(invoked_words(argv, args), exc)
     except Exception:
-        log = _write_crash_log()
-        print(
-            f"ptm: an unexpected error occurred (a bug in ptm); the traceback is in {log}",
-            file=sys.stderr,
-        )
-        return EXIT_BUG
+        return _unexpected_error()
+
+
+def _missing_library(words: list[str], exc: ModuleNotFoundError) -> int:
+    """A library of an extra that is not installed is a choice made at install time, not a
+    bug: one line naming the extra. Any other missing module is a broken install (exit 3)."""
+    extra = missing_extra(words[0], exc) if words else None
+    if extra is None:
+        return _unexpected_error()
+    needs = f"ptm {' '.join(words)} needs the {extra} extra: {install_hint(extra)}"
+    print(f"ptm: error: {printable_lines(needs)}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def invoked_words(argv: Sequence[str], args: argparse.Namespace | None) -> list[str]:
+    """The command (and its action) as typed: from the parsed arguments once parsing got that
+    far, else the first two words of the line (the command's module failed to import)."""
+    if args is not None:
+        action = getattr(args, "action", None)
+        return [args.command, *([action] if isinstance(action, str) else [])]
+    words = list(argv)
+    start = next((i for i, word in enumerate(words) if not word.startswith("-")), len(words))
+    following = words[start + 1 : start + 2]
+    return words[start : start + 1] + [w for w in following if not w.startswith("-")]
+
+
+def _unexpected_error() -> int:
+    log = _write_crash_log()
+    print(
+        f"ptm: an unexpected error occurred (a bug in ptm); the traceback is in {log}",
+        file=sys.stderr,
+    )
+    return EXIT_BUG
 
 
 def _write_crash_log() -> Path:

@@ -4,6 +4,9 @@ The table names each command's module and its one-line help, so that ``ptm --hel
 ``ptm --version`` import no command module, and ``ptm COMMAND`` imports only its own (the
 libraries behind the others, GitPython, docker, paramiko and watchdog, are slow to import).
 tests/test_startup.py checks that each help here is the one its module registers.
+
+The base install carries only what researchers, auditors and registry CI use; the other
+libraries come with setup.py's extras, and a command that needs a missing one says which.
 """
 
 from __future__ import annotations
@@ -37,3 +40,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def command_module(name: str) -> ModuleType:
     return import_module(COMMANDS[name][0])
+
+
+DISTRIBUTION = "ptm-health-train"
+# The extra (setup.py's extras_require) that brings each optional library.
+EXTRA_OF_LIBRARY: dict[str, str] = {
+    "docker": "agent",
+    "watchdog": "agent",
+    "paramiko": "sftp",
+    "pyrage": "age",
+}
+# Commands whose whole use is a site's or the third party's: the extra they name, whichever of
+# its libraries is missing (an agent lacking pyrage needs the agent extra, not just age).
+EXTRA_OF_COMMAND: dict[str, str] = {"agent": "agent", "demo": "agent", "sftp": "sftp"}
+
+
+def missing_extra(command: str, missing: ModuleNotFoundError) -> str | None:
+    """The extra to install when ``command`` failed to import ``missing.name``; None when that
+    module comes with no extra (a broken install or a bug, not a choice of extras)."""
+    library = (missing.name or "").split(".")[0]
+    if library not in EXTRA_OF_LIBRARY:
+        return None
+    return EXTRA_OF_COMMAND.get(command, EXTRA_OF_LIBRARY[library])
+
+
+def install_hint(extra: str) -> str:
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
