@@ -27,10 +27,10 @@ from tests.test_status_cmd import SiteBranch, final_result
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = tuple(sorted(EXTRA_OF_LIBRARY))
-SITECUSTOMIZE = f"""
+SITECUSTOMIZE = """
 import sys
 
-BLOCKED = {BLOCKED!r}
+BLOCKED = {blocked!r}
 
 
 class NotInstalled:
@@ -44,11 +44,15 @@ sys.meta_path.insert(0, NotInstalled())
 """
 
 
+def env_without(folder: Path, blocked: tuple[str, ...]) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE.format(blocked=blocked))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+
+
 @pytest.fixture(scope="module")
 def light_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("light")
-    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+    return env_without(tmp_path_factory.mktemp("light"), BLOCKED)
 
 
 def light(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -96,7 +100,7 @@ def hook_command() -> list[str]:
     """The entry of ptm's own pre-commit hook (the one pre-commit installs ptm's base for)."""
     hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     (hook,) = hooks
-    return [*shlex.split(hook["entry"])[1:]]
+    return shlex.split(hook["entry"])[1:]  # 'ptm' is this interpreter's 'python -m ptm'
 
 
 def test_the_pre_commit_hook_checks_staged_tasks_without_the_extras(
@@ -235,3 +239,13 @@ def test_decrypting_results_names_the_age_extra(
     assert line == (
         "ptm: error: ptm results needs the age extra: pip install 'ptm-health-train[age]'"
     )
+
+
+def test_a_missing_base_library_is_a_broken_install_not_an_extra(tmp_path: Path) -> None:
+    """Only the extras' libraries get the one-line hint; a missing base library is a bug (3)."""
+    broken = {**env_without(tmp_path / "broken", ("jsonschema",)), "TMPDIR": str(tmp_path)}
+    done = light(broken, REPO, "validate", "registry-template")
+    assert done.returncode == 3, done.stderr
+    assert "an unexpected error occurred" in done.stderr and "extra" not in done.stderr
+    (log,) = tmp_path.glob("ptm-crash-*.log")
+    assert "No module named 'jsonschema'" in log.read_text()

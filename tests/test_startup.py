@@ -1,5 +1,7 @@
-"""Quick commands start quickly: no GitPython, docker, paramiko or watchdog behind them; and
-without git on PATH every command says so in one line."""
+"""Quick commands start quickly: no GitPython, docker, paramiko, watchdog or pyrage behind them
+(the researchers' and auditors' commands import none of the extras' libraries either; see
+tests/test_light_install.py for them running without); and without git on PATH every command
+says so in one line."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 from ptm.commands import COMMANDS, command_module
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("git", "docker", "paramiko", "watchdog")
+HEAVY = ("git", "docker", "paramiko", "watchdog", "pyrage")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,16 @@ def imported_modules(*args: str, env: dict[str, str] | None = None) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("args", [("--version",), ("--help",), ("validate",)], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--version",),
+        ("--help",),
+        ("validate",),
+        *((name, "--help") for name in ("task", "status", "results", "cancel", "audit", "policy")),
+    ],
+    ids=" ".join,
+)
 def test_quick_commands_import_no_heavy_library(args: tuple[str, ...], a_registry: Path) -> None:
     modules = imported_modules(*args, *([str(a_registry)] if args == ("validate",) else []))
     assert "ptm.main" in modules  # the measurement works
