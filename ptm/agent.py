@@ -11,21 +11,19 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 
 from ptm import __version__
-from ptm.decisions import AdminDecision, forget_decision, pending_decisions
 from ptm.engine_wait import AgentStopping, EngineWait
 from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
-from ptm.judgement import judge, parse_task
+from ptm.handover import apply_admin_decisions, record_resumes, resume_open_tasks
+from ptm.judgement import cancel_refusal, judge, parse_task
 from ptm.lease import LeaseHeld, agent_identity
 from ptm.ledger import Ledger
 from ptm.push_access import is_permission_denied
 from ptm.registry import ssh_environment
-from ptm.resume import pending_resumes
-from ptm.runtimes.base import ContainerRef, Runtime
-from ptm.signatures import cancel_signer_ok, verify_cancel
+from ptm.run_queue import QueuedRun, RunQueue
+from ptm.runtimes.base import Runtime
 from ptm.siteconfig import SiteConfig
 from ptm.ssh_share import SharedConnection
 from ptm.status import State, StatusRecord, utc_now_text
@@ -82,13 +80,7 @@ class Agent:
             progress=self._pull_progress,
             engine=EngineWait(self.stopping, float(config.poll_interval), self.log),
         )
-        # Daemon threads: on shutdown the agent hands running containers back (they keep their
-        # labels and are re-attached at the next start) instead of waiting hours for them.
-        self._running: dict[str, threading.Thread] = {}
-        self._queue: list[tuple[Task, StatusRecord, ContainerRef | None]] = []
-        self._cancel: set[str] = set()
-        self._ending: list[threading.Thread] = []  # runs that gave up their slot, not yet done
-        self._lock = threading.Lock()
+        self.runs = RunQueue(config.limits.max_parallel, self._run, self.stopping)
         self.wakeup = threading.Event()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -101,14 +93,12 @@ class Agent:
         self.ledger.identity = agent_identity(self.workdir.root)
         self.ledger.ensure()
         self.ledger.check_lease()
-        self._resume_open_tasks()
+        resume_open_tasks(self)
 
     def hand_back(self) -> int:
         """Stop: push what is committed, leave running containers for the next start."""
         self.stopping.set()
-        with self._lock:
-            self._queue.clear()
-            running = len(self._running)
+        running = self.runs.clear()
         if running == 0:
             self.ledger.release_lease()  # nothing left to re-attach: a replacement may start
         self.publish()
@@ -124,24 +114,16 @@ class Agent:
         return replace(report, pushed=report.pushed or pushed)
 
     def drain(self) -> None:
-        while True:
-            with self._lock:
-                self._start_queued()
-                threads = [*self._running.values(), *self._ending]
-            if not threads:
-                return
-            for thread in threads:
-                thread.join()
-            self._reap()
+        self.runs.wait()
 
     # ---- one cycle -----------------------------------------------------------------------
 
     def cycle(self) -> CycleReport:
-        self._reap()
+        self.runs.reap()
         registry = self.config.registry
         self.ssh.ensure(ssh_environment(registry.ssh_key, registry.known_hosts))
-        self._apply_admin_decisions()
-        self._record_resumes()
+        apply_admin_decisions(self)
+        record_resumes(self)
         state = self.workdir.load_state()
         if state.halted:
             self.log.error("halted: %s", state.halted, extra={"decision": "halted"})
@@ -155,8 +137,7 @@ class Agent:
                 f"{self.config.registry.branch!r} does not exist"
             )
         if head == state.processed:
-            with self._lock:
-                started = self._start_queued()
+            started = self.runs.start_ready()
             return CycleReport(head, 0, started, self.publish(), idle=started == 0)
         if not fetched:
             head = self.mirror.fetch()
@@ -174,8 +155,7 @@ class Agent:
         started = self._handle_changes(changes, head)
         # Only now, with every record this commit implies committed, is it processed.
         self.workdir.save_state(self.workdir.load_state().with_processed(head))
-        with self._lock:
-            started += self._start_queued()
+        started += self.runs.start_ready()
         if fetched:
             self.mirror.upkeep()
         new = sum(1 for c in changes if c.is_new)
@@ -191,7 +171,7 @@ class Agent:
             return False
         except RegistryError as exc:
             if is_permission_denied(str(exc)):
-                self._warn(
+                self.warn(
                     f"the registry refuses this site's push to {self.ledger.branch} for "
                     "permissions: a permanent error until an admin changes the host's rules or "
                     f"the key (results stay committed locally and are pushed once allowed): {exc}",
@@ -226,8 +206,7 @@ class Agent:
         started = 0
         for snapshot in self.mirror.snapshots(index, fresh).values():
             self._receive(snapshot)
-            with self._lock:
-                started += self._start_queued()
+            started += self.runs.start_ready()
         return started
 
     def _handle_known(self, change: TaskChange, task_id: str, head: str) -> None:
@@ -236,7 +215,7 @@ class Agent:
         existing = self.ledger.status_of(task_id)
         assert existing is not None
         if not self.ledger.is_proven(task_id):
-            self._warn(
+            self.warn(
                 f"task {task_id}: the record on {self.ledger.branch} was not provably written by "
                 "this agent (not signed with its site key); the task is not acted on"
             )
@@ -246,7 +225,7 @@ class Agent:
             self._folder_at(task_id, change.after),
         )
         if _without_cancel(before) != _without_cancel(after):
-            self._warn(
+            self.warn(
                 f"task {task_id} was changed at {head[:12]} after this site acted on it "
                 f"({existing.state}, task commit {existing.task_commit[:12]}); the change is "
                 "ignored",
@@ -255,7 +234,8 @@ class Agent:
             )
         cancel = after.get(CANCEL_FILE)
         if cancel and cancel != before.get(CANCEL_FILE) and not existing.is_final:
-            refused = self._cancel_refusal(task_id, head, existing.submitted_by)
+            policy = self.config.policy
+            refused = cancel_refusal(self.mirror, policy, task_id, head, existing.submitted_by)
             if refused is None:
                 self._request_cancel(task_id, existing)
             else:
@@ -278,14 +258,14 @@ class Agent:
         self.log.warning("refused: %s", text, extra={"decision": "refused", "reason": text})
         self.workdir.save_state(state.with_warning(text))
 
-    def _warn(self, text: str, *, task: str | None = None, decision: str = "tampering") -> None:
+    def warn(self, text: str, *, task: str | None = None, decision: str = "tampering") -> None:
         self.log.error("%s", text, extra={"task": task, "decision": decision})
         state = self.workdir.load_state()
         if text not in state.warnings:
             self.workdir.save_state(state.with_warning(text))
 
     def _foreign_commit(self, sha: str) -> None:
-        self._warn(
+        self.warn(
             f"commit {sha[:12]} on {self.ledger.branch} was not made by this agent; its changes "
             "are undone by this agent's next push and it is never acted on"
         )
@@ -296,7 +276,9 @@ class Agent:
         decision = verdict.decision
         cancel_now = snapshot.cancel_text is not None
         if cancel_now and (
-            refused := self._cancel_refusal(task_id, snapshot.commit, decision.submitted_by)
+            refused := cancel_refusal(
+                self.mirror, self.config.policy, task_id, snapshot.commit, decision.submitted_by
+            )
         ):
             self.log.warning(
                 "task %s: its cancel.yaml is ignored: %s",
@@ -327,7 +309,7 @@ class Agent:
         if verdict.task is None or not decision.accepted:
             self._reject(record, decision.summary())
         elif cancel_now:
-            self._finish_now(record, "cancelled", "cancelled before it started")
+            self.finish_now(record, "cancelled", "cancelled before it started")
         elif decision.needs_approval:
             waiting = replace(
                 record,
@@ -341,75 +323,12 @@ class Agent:
                 extra={"task": task_id, "decision": "awaiting_approval"},
             )
         else:
-            self._accept(verdict.task, record, snapshot)
-
-    def _apply_admin_decisions(self) -> None:
-        for decision in pending_decisions(self.workdir):
-            record = self.ledger.status_of(decision.task_id)
-            if record is None or record.state not in {"awaiting_approval", "reviewing"}:
-                state = record.state if record else "unknown here"
-                self.log.warning(
-                    "decision %s for task %s ignored: the task is %s",
-                    decision.verdict,
-                    decision.task_id,
-                    state,
-                    extra={"task": decision.task_id},
-                )
-            else:
-                self._apply(decision, record)
-            forget_decision(self.workdir, decision.task_id)
-
-    def _record_resumes(self) -> None:
-        """Commit each ``ptm agent resume`` decision (signed) on the results branch."""
-        for path, resumed in pending_resumes(self.workdir):
-            lines = [
-                f"Resumed-By: {resumed.resumed_by}",
-                f"Resumed-At: {resumed.resumed_at}",
-                f"Reason: {' '.join(resumed.reason.split())[:300]}",
-                f"Halt: {' '.join(resumed.halt.split())[:300]}",
-                f"Processed-Before: {resumed.processed_before or '-'}",
-                f"Processed-After: {resumed.processed_after}",
-                f"Tasks-Head: {resumed.tasks_head}",
-            ]
-            self.ledger.note(f"{self.config.site}: resumed after a tamper halt", lines)
-            path.unlink()
-            self.log.warning(
-                "resumed after a tamper halt by %s: %s",
-                resumed.resumed_by,
-                resumed.reason,
-                extra={"decision": "resumed", "reason": resumed.reason},
-            )
-
-    def _apply(self, decision: AdminDecision, record: StatusRecord) -> None:
-        task_id, by = decision.task_id, decision.decided_by
-        extra = {"task": task_id, "decision": decision.verdict, "reason": decision.reason}
-        if decision.verdict == "deny":
-            self.execution.discard_held(task_id)
-            denied = replace(
-                record,
-                state="denied",
-                decided_by=by,
-                finished_at=utc_now_text(),
-                reason=f"denied by the site admin: {decision.reason}",
-            )
-            self.ledger.record(denied)
-        elif record.state == "reviewing" and decision.verdict == "release":
-            self.execution.release(task_id, decided_by=by)
-        elif record.state == "awaiting_approval" and decision.verdict == "approve":
-            snapshot = self.mirror.snapshot_at(task_id, record.task_commit)
-            task = self._task_of(snapshot)
-            self._accept(task, replace(record, reason=None, decided_by=by), snapshot)
-        else:
-            self.log.warning(
-                "cannot %s task %s: it is %s", decision.verdict, task_id, record.state, extra=extra
-            )
-            return
-        self.log.info("task %s: %s by %s", task_id, decision.verdict, by, extra=extra)
+            self.accept(verdict.task, record, snapshot)
 
     def _reject(self, record: StatusRecord, reason: str) -> None:
-        self._finish_now(record, "rejected", reason)
+        self.finish_now(record, "rejected", reason)
 
-    def _finish_now(self, record: StatusRecord, state: State, reason: str) -> None:
+    def finish_now(self, record: StatusRecord, state: State, reason: str) -> None:
         final = replace(record, state=state, reason=reason, finished_at=utc_now_text())
         self.ledger.record(final)
         self.log.info(
@@ -420,14 +339,14 @@ class Agent:
             extra={"task": record.task, "decision": state, "reason": reason},
         )
 
-    def _task_of(self, snapshot: TaskSnapshot) -> Task:
+    def task_of(self, snapshot: TaskSnapshot) -> Task:
         task, invalid = parse_task(snapshot)
         if task is None:
             assert invalid is not None
             raise invalid
         return task
 
-    def _accept(self, task: Task, record: StatusRecord, snapshot: TaskSnapshot) -> None:
+    def accept(self, task: Task, record: StatusRecord, snapshot: TaskSnapshot) -> None:
         accepted = replace(record, state="accepted")
         prepare_run(self.workdir, task, snapshot, self.mirror.repo)
         self.ledger.record(accepted)
@@ -437,19 +356,7 @@ class Agent:
             task.image,
             extra={"task": task.id, "decision": "accepted"},
         )
-        with self._lock:
-            self._queue.append((task, accepted, None))
-
-    def _cancel_refusal(self, task_id: str, head: str, submitted_by: str | None) -> str | None:
-        """Why a cancel.yaml does not count here (None: it does). With signed tasks required, a
-        cancel must be signed by the task's verified submitter or a trusted canceller."""
-        policy = self.config.policy
-        if not policy.require_signed_tasks or policy.allowed_signers is None:
-            return None
-        checks = verify_cancel(
-            self.mirror.repo, head, task_id, policy.allowed_signers, at=datetime.now(timezone.utc)
-        )
-        return cancel_signer_ok(checks, submitted_by, policy.trusted_cancellers)
+        self.runs.add(QueuedRun(task, accepted, None))
 
     def _refuse_cancel(self, existing: StatusRecord, why: str) -> None:
         self.log.warning(
@@ -465,20 +372,17 @@ class Agent:
         )
 
     def _request_cancel(self, task_id: str, existing: StatusRecord) -> None:
-        with self._lock:
-            queued = [q for q in self._queue if q[0].id == task_id]
-            self._queue = [q for q in self._queue if q[0].id != task_id]
-            self._cancel.add(task_id)
-        attached = [ref for _, _, ref in queued if ref is not None]
+        queued, running = self.runs.withdraw(task_id)
+        attached = [q.attach for q in queued if q.attach is not None]
         for ref in attached:  # re-attached after a restart, not yet waited for: stop it now
             self.runtime.kill(ref)
             self.runtime.remove(ref)
         if attached:
-            self._finish_now(
+            self.finish_now(
                 existing, "cancelled", "cancelled while running (while the agent was down)"
             )
-        elif queued or task_id not in self._running:
-            self._finish_now(existing, "cancelled", "cancelled before it started")
+        elif queued or not running:
+            self.finish_now(existing, "cancelled", "cancelled before it started")
         else:
             self.log.info(
                 "task %s: cancel requested, stopping its container",
@@ -488,29 +392,15 @@ class Agent:
 
     # ---- running -------------------------------------------------------------------------
 
-    def _start_queued(self) -> int:
-        started = 0
-        while self._queue and len(self._running) < self.config.limits.max_parallel:
-            task, record, attach = self._queue.pop(0)
-            thread = threading.Thread(
-                target=self._run,
-                args=(task, record, attach),
-                name=f"ptm-run-{task.id}",
-                daemon=True,
-            )
-            self._running[task.id] = thread
-            thread.start()
-            started += 1
-        return started
-
-    def _run(self, task: Task, record: StatusRecord, attach: ContainerRef | None) -> None:
+    def _run(self, queued: QueuedRun) -> None:
+        task, record = queued.task, queued.record
         try:
             final = self.execution.run(
                 task,
                 record,
-                attach_to=attach,
-                cancelled=lambda: task.id in self._cancel,
-                concluded=lambda: self._free_slot(task.id),
+                attach_to=queued.attach,
+                cancelled=lambda: self.runs.cancel_requested(task.id),
+                concluded=lambda: self.runs.free(task.id),
             )
         except AgentStopping:
             return  # still open on the ledger: the next start resumes it
@@ -518,7 +408,7 @@ class Agent:
             final = replace(record, state="crashed", reason=str(exc), finished_at=utc_now_text())
             self.ledger.record(final)
         finally:
-            self._free_slot(task.id)
+            self.runs.free(task.id)
         self.log.info(
             "task %s %s%s",
             task.id,
@@ -527,68 +417,6 @@ class Agent:
             extra={"task": task.id, "decision": final.state, "reason": final.reason},
         )
         self.wakeup.set()
-
-    def _free_slot(self, task_id: str) -> None:
-        """A run ends: its slot goes to the next queued task at once, not at the next cycle."""
-        with self._lock:
-            thread = threading.current_thread()
-            if self._running.get(task_id) is thread:
-                del self._running[task_id]
-                self._cancel.discard(task_id)
-                self._ending.append(thread)  # still removing its container: drain waits
-            if not self.stopping.is_set():
-                self._start_queued()
-
-    def _reap(self) -> None:
-        with self._lock:
-            self._ending = [t for t in self._ending if t.is_alive()]
-            for task_id, thread in list(self._running.items()):
-                if not thread.is_alive():
-                    del self._running[task_id]
-                    self._cancel.discard(task_id)
-
-    def _resume_open_tasks(self) -> None:
-        containers = {ref.task_id: ref for ref in self.runtime.find_containers(self.config.site)}
-        open_tasks = self.ledger.open_tasks()
-        open_ids = {r.task for r in open_tasks}
-        for task_id, ref in containers.items():
-            record = self.ledger.status_of(task_id)
-            if task_id not in open_ids and record is not None and self.ledger.is_proven(task_id):
-                self.runtime.remove(ref)  # an ended task's container, left by a killed agent
-        for record in open_tasks:
-            container = containers.get(record.task)
-            if record.state in {"awaiting_approval", "reviewing"}:
-                continue
-            if not self.ledger.is_proven(record.task):
-                self._warn(
-                    f"task {record.task}: its open record ({record.state}) on "
-                    f"{self.ledger.branch} was not provably written by this agent; not resumed"
-                )
-                continue
-            try:
-                snapshot = self.mirror.snapshot_at(record.task, record.task_commit)
-                task = self._task_of(snapshot)
-            except PtmError as exc:
-                self._finish_now(record, "crashed", f"cannot resume: {exc}")
-                continue
-            if container is None and record.state == "running":
-                self._finish_now(
-                    record,
-                    "crashed",
-                    "the container is gone (the agent or the "
-                    "host stopped while it ran); not run again",
-                )
-                continue
-            if container is None:
-                prepare_run(self.workdir, task, snapshot, self.mirror.repo)
-            self.log.info(
-                "task %s: resuming (%s%s)",
-                record.task,
-                record.state,
-                ", re-attaching to its container" if container else "",
-                extra={"task": record.task, "decision": "resumed"},
-            )
-            self._queue.append((task, record, container))
 
     def _pull_progress(self, line: str) -> None:
         self.log.info("%s", line, extra={"decision": "pulling"})

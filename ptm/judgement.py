@@ -15,8 +15,8 @@ from ptm.errors import InvalidDocument, Problem
 from ptm.gitrepo import SignatureCheck
 from ptm.policy import Decision, Evidence, decide
 from ptm.schema import load_yaml_text
-from ptm.signatures import verify_task
-from ptm.siteconfig import SiteConfig
+from ptm.signatures import cancel_signer_ok, verify_cancel, verify_task
+from ptm.siteconfig import PolicySettings, SiteConfig
 from ptm.sync import TasksMirror, TaskSnapshot
 from ptm.task import EVERY_SITE, TASK_FILE, TASKS_DIR, Task
 from ptm.treecheck import TreeRefused
@@ -108,3 +108,21 @@ def asks_for_site(task_id: str, text: bytes | None, site: str) -> bool:
         return False
     sites = document.get("sites")
     return isinstance(sites, list) and (site in sites or EVERY_SITE in sites)
+
+
+def cancel_refusal(
+    mirror: TasksMirror,
+    policy: PolicySettings,
+    task_id: str,
+    head: str,
+    submitted_by: str | None,
+) -> str | None:
+    """Why the cancel.yaml of ``task_id`` at ``head`` does not count here (None: it does). With
+    signed tasks required, a cancel must be signed by the task's verified submitter or a
+    principal of ``policy.trusted_cancellers``."""
+    if not policy.require_signed_tasks or policy.allowed_signers is None:
+        return None
+    checks = verify_cancel(
+        mirror.repo, head, task_id, policy.allowed_signers, at=datetime.now(timezone.utc)
+    )
+    return cancel_signer_ok(checks, submitted_by, policy.trusted_cancellers)
