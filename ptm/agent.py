@@ -19,15 +19,15 @@ from ptm.execution import TaskExecution, prepare_run
 from ptm.handover import apply_admin_decisions, record_resumes, resume_open_tasks
 from ptm.judgement import cancel_refusal, judge, parse_task
 from ptm.lease import LeaseHeld, agent_identity
-from ptm.ledger import Ledger
 from ptm.push_access import is_permission_denied
 from ptm.registry import ssh_environment
 from ptm.run_queue import QueuedRun, RunQueue
 from ptm.runtimes.base import Runtime
+from ptm.site_repos import results_ledger, tasks_mirror
 from ptm.siteconfig import SiteConfig
 from ptm.ssh_share import SharedConnection
 from ptm.status import State, StatusRecord, utc_now_text
-from ptm.sync import TaskChange, TasksMirror, TaskSnapshot
+from ptm.sync import TaskChange, TaskSnapshot
 from ptm.task import CANCEL_FILE, Task
 from ptm.treecheck import TREE_MODE, RawEntry, TreeRefused, read_folder
 from ptm.workdir import WorkDir
@@ -50,21 +50,8 @@ class Agent:
         self.runtime = runtime
         self.workdir = WorkDir(config.workdir)
         registry = config.registry
-        self.mirror = TasksMirror(
-            self.workdir.tasks_clone,
-            url=registry.url,
-            branch=registry.branch,
-            ssh_key=registry.ssh_key,
-            known_hosts=registry.known_hosts,
-        )
-        self.ledger = Ledger(
-            self.workdir.results_clone,
-            url=registry.url,
-            site=config.site,
-            ssh_key=registry.ssh_key,
-            sign_key=config.signing_key,
-            known_hosts=registry.known_hosts,
-        )
+        self.mirror = tasks_mirror(config)
+        self.ledger = results_ledger(config)
         self.ssh = SharedConnection(
             registry.url, self.workdir.root / "ssh", poll_interval=config.poll_interval
         )

@@ -19,6 +19,7 @@ from ptm.decisions import (
 from ptm.errors import InvalidDocument, PtmError
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, Ledger
 from ptm.schema import dump_yaml, load_yaml_text
+from ptm.site_repos import results_ledger, tasks_mirror
 from ptm.siteconfig import SiteConfig, load_site_config
 from ptm.status import StatusRecord
 from ptm.sync import TasksMirror
@@ -84,13 +85,7 @@ def _ledger(config: SiteConfig) -> Ledger:
     workdir = WorkDir(config.workdir)
     if not (workdir.results_clone / "HEAD").is_file():
         raise PtmError(f"{config.workdir}: the agent has not run yet (no results clone)")
-    return Ledger(
-        workdir.results_clone,
-        url=config.registry.url,
-        site=config.site,
-        ssh_key=config.registry.ssh_key,
-        sign_key=config.signing_key,
-    )
+    return results_ledger(config)
 
 
 def run_pending(args: argparse.Namespace) -> int:
@@ -98,12 +93,7 @@ def run_pending(args: argparse.Namespace) -> int:
     waiting = [
         r for r in _ledger(config).open_tasks() if r.state in {"awaiting_approval", "reviewing"}
     ]
-    mirror = TasksMirror(
-        WorkDir(config.workdir).tasks_clone,
-        url=config.registry.url,
-        branch=config.registry.branch,
-        ssh_key=config.registry.ssh_key,
-    )
+    mirror = tasks_mirror(config)
     queued = {d.task_id: d for d in pending_decisions(WorkDir(config.workdir))}
     details = [_pending_detail(r, mirror, queued) for r in waiting]
     if args.json:

@@ -14,11 +14,10 @@ from ptm.agent import Agent
 from ptm.commands.agent_admin_cmd import add_actions
 from ptm.console import format_table, print_json, say, shorten
 from ptm.errors import PtmError
-from ptm.ledger import Ledger
 from ptm.runtimes import open_site_runtime
 from ptm.site_checks import CheckResult, run_checks
+from ptm.site_repos import results_ledger, tasks_mirror
 from ptm.siteconfig import SiteConfig, load_site_config
-from ptm.sync import TasksMirror
 from ptm.urls import redact_text, redact_url
 from ptm.watch import request_stop, run_until_stopped
 from ptm.workdir import WorkDir
@@ -173,12 +172,7 @@ def run_resume(args: argparse.Namespace) -> int:
 
     config = load_site_config(args.config)
     workdir = WorkDir(config.workdir)
-    mirror = TasksMirror(
-        workdir.tasks_clone,
-        url=config.registry.url,
-        branch=config.registry.branch,
-        ssh_key=config.registry.ssh_key,
-    )
+    mirror = tasks_mirror(config)
     with workdir.locked():
         record = resume_after_halt(
             workdir, mirror, reason=args.reason, resumed_by=args.resumed_by, at=args.at
@@ -201,13 +195,7 @@ def run_status(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     workdir = WorkDir(config.workdir)
     state = workdir.load_state()
-    ledger = Ledger(
-        workdir.results_clone,
-        url=config.registry.url,
-        site=config.site,
-        ssh_key=config.registry.ssh_key,
-        sign_key=config.signing_key,
-    )
+    ledger = results_ledger(config)
     records = ledger.all_records() if workdir.results_clone.is_dir() else []
     unpushed = workdir.results_clone.is_dir() and ledger.unpushed()
     if args.json:

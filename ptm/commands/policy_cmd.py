@@ -9,8 +9,8 @@ from typing import Any
 
 from ptm.console import print_json, say
 from ptm.judgement import Judgement, judge_at
+from ptm.site_repos import tasks_mirror
 from ptm.siteconfig import load_site_config
-from ptm.sync import TasksMirror
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -34,12 +34,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def run_explain(args: argparse.Namespace) -> int:
     config = load_site_config(args.config)
     with tempfile.TemporaryDirectory(prefix="ptm-explain-") as tmp:
-        mirror = TasksMirror(
-            Path(tmp) / "registry",
-            url=config.registry.url,
-            branch=config.registry.branch,
-            ssh_key=config.registry.ssh_key,
-        )
+        mirror = tasks_mirror(config, Path(tmp) / "registry")
         mirror.ensure_clone()
         head = mirror.fetch()
         if args.task_id.encode() not in mirror.index(head).entries:
