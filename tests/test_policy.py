@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,39 @@ def test_explain_accepts_task_signed_by_trusted_researcher(
     code, out = explain(tmp_path, bare_registry, signers_file, "good", capsys)
     assert code == 0, out
     assert "would run task good" in out and "submitted by alice@uni.example" in out
+
+
+def test_explain_says_an_encrypted_task_would_fail_without_a_key_to_encrypt_to(
+    bare_registry: Path,
+    tmp_path: Path,
+    signers_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Researcher(bare_registry, tmp_path / "r").submit("secret", encrypt=True)  # unsigned
+    code, out = explain(
+        tmp_path, bare_registry, signers_file, "secret", capsys, require_signed_tasks=False
+    )
+    assert code == 1, out
+    assert "would accept task secret, but it would fail before running:" in out
+    assert "no verified submitter signed it" in out
+    capsys.readouterr()
+    config = tmp_path / "hospital-a.yaml"
+    assert main(["policy", "explain", "secret", "--config", str(config), "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["would_run"] is False and "no verified submitter" in document["would_fail"]
+
+
+def test_explain_of_a_signed_encrypted_task_finds_its_key(
+    bare_registry: Path,
+    tmp_path: Path,
+    alice: SigningKey,
+    signers_file: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Researcher(bare_registry, tmp_path / "r", alice).submit("secret", encrypt=True)
+    code, out = explain(tmp_path, bare_registry, signers_file, "secret", capsys)
+    assert code == 0, out
+    assert "would run task secret" in out and "fail" not in out
 
 
 def test_explain_refuses_untrusted_and_unsigned(

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ptm.console import print_json, say
+from ptm.encryption import EncryptionError
 from ptm.judgement import Judgement, judge_at
+from ptm.sealed import encryption_wanted, result_recipients
 from ptm.site_repos import tasks_mirror
-from ptm.siteconfig import load_site_config
+from ptm.siteconfig import SiteConfig, load_site_config
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -44,19 +46,35 @@ def run_explain(args: argparse.Namespace) -> int:
             )
             return 1
         verdict = judge_at(mirror, config, args.task_id, head)
+    failure = _failure_before_running(verdict, config)
     if args.json:
-        print_json(_document(verdict, config.site))
+        print_json(_document(verdict, config.site, failure))
     else:
-        _print(verdict, config.site)
-    return 0 if verdict.decision.accepted else 1
+        _print(verdict, config.site, failure)
+    return 0 if verdict.decision.accepted and failure is None else 1
 
 
-def _document(verdict: Judgement, site: str) -> dict[str, Any]:
+def _failure_before_running(verdict: Judgement, config: SiteConfig) -> str | None:
+    """Why an accepted task would still fail before its container starts (None: it would
+    not): results that must be encrypted and no key to encrypt them to."""
+    if verdict.task is None or not verdict.decision.accepted:
+        return None
+    if not encryption_wanted(verdict.task, config):
+        return None
+    try:
+        result_recipients(config, verdict.decision.submitted_by)
+    except EncryptionError as exc:
+        return str(exc)
+    return None
+
+
+def _document(verdict: Judgement, site: str, failure: str | None) -> dict[str, Any]:
     decision = verdict.decision
     return {
         "task": verdict.task_id,
         "site": site,
-        "would_run": decision.accepted,
+        "would_run": decision.accepted and failure is None,
+        "would_fail": failure,
         "for_this_site": decision.for_this_site,
         "reasons": list(decision.reasons),
         "submitted_by": decision.submitted_by,
@@ -65,9 +83,12 @@ def _document(verdict: Judgement, site: str) -> dict[str, Any]:
     }
 
 
-def _print(verdict: Judgement, site: str) -> None:
+def _print(verdict: Judgement, site: str, failure: str | None) -> None:
     decision = verdict.decision
-    if decision.accepted:
+    if decision.accepted and failure is not None:
+        say(f"{site} would accept task {verdict.task_id}, but it would fail before running:")
+        say(f"  - {failure}")
+    elif decision.accepted:
         approval = (
             " after an admin approves it (policy.approval: manual)"
             if decision.needs_approval
