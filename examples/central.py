@@ -30,12 +30,16 @@ class Federation:
     ``sites`` may be ``("*",)``: every site that accepts the task. The registry cannot know who
     that is, so give ``wait_for`` (the sites to wait for); without it the wait ends as soon as
     every site that has answered so far is finished.
+
+    Tasks are signed with ``sign_key`` (or git's own signing config); a registry whose sites run
+    only signed tasks refuses unsigned ones (``SignatureRequired``) unless ``allow_unsigned``.
     """
 
     registry: Registry
     sites: tuple[str, ...]
     wait_for: tuple[str, ...] = ()
     sign_key: Path | None = None
+    allow_unsigned: bool = False
     timeout: float = 3600.0  # seconds to wait for one task at every site
     poll_interval: float = 5.0
     results_dir: Path | None = None  # keep collected results here; None: a temporary folder
@@ -70,7 +74,7 @@ def run_task(
         "config": dict(config),
         "description": description,
     }
-    registry.submit(draft, sign_key=federation.sign_key)
+    registry.submit(draft, sign_key=federation.sign_key, allow_unsigned=federation.allow_unsigned)
     targets = tuple(wait_for) or federation.targets
     registry.wait(
         task_id,
@@ -136,6 +140,11 @@ def add_federation_options(parser: argparse.ArgumentParser) -> None:
         help="with '*': the sites whose answers to wait for (repeatable)",
     )
     parser.add_argument("--sign-key", type=Path, help="SSH key that signs the tasks' commits")
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="submit unsigned tasks even where the registry says its sites require signatures",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait a task")
     parser.add_argument("--poll-interval", type=float, default=5.0)
     parser.add_argument("--results-dir", type=Path, help="keep the collected results here")
@@ -147,6 +156,7 @@ def federation_from_args(args: argparse.Namespace) -> Federation:
         sites=tuple(args.sites or [EVERY_SITE]),
         wait_for=tuple(args.wait_for),
         sign_key=args.sign_key,
+        allow_unsigned=args.allow_unsigned,
         timeout=args.timeout,
         poll_interval=args.poll_interval,
         results_dir=args.results_dir,

@@ -6,7 +6,7 @@
     registry = Registry.open("ssh://git@git.example.org/consortium/registry.git")
     registry.submit(
         {"task_id": "age-stats-2", "image": "org/age-stats:1.3", "sites": ["hospital-a"]},
-        sign_key=Path.home() / ".ssh" / "id_ed25519",
+        sign_key=Path.home() / ".ssh" / "id_ed25519",  # or git's gpg.format=ssh, user.signingkey
     )
     registry.wait("age-stats-2", timeout=3600)
     for site, result in registry.results("age-stats-2", Path("results/age-stats-2")).items():
@@ -15,6 +15,11 @@
 ``Registry.open`` takes a registry clone (a folder, or any folder inside one) or a URL (any git
 URL, or the path of a bare repository); a URL is read through a cache clone under
 ``$XDG_CACHE_HOME/ptm/registries/`` (``~/.cache`` by default). Every value returned is frozen.
+
+Like ``ptm task submit``, ``submit`` and ``cancel`` refuse unsigned work when the registry's
+``registry.yaml`` says its sites run only signed tasks (``require_signed_tasks``): they raise
+``SignatureRequired`` (a PtmError) before anything is committed or pushed, unless called with
+``allow_unsigned=True``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 from ptm import federation
 from ptm.cancellation import Cancelled, cancel_task
-from ptm.errors import PtmError
+from ptm.errors import PtmError, SignatureRequired
 from ptm.federation import Overview, RegistryRefs, TaskStatus
 from ptm.gitrepo import GitRepo
 from ptm.ledger import LOG_FILE, OUTPUT_DIR
@@ -42,17 +47,26 @@ from ptm.registry_cache import (
     cache_lock,
     is_bare_repository,
     looks_like_url,
+    signatures_required_at,
     tasks_branch_of,
 )
 from ptm.result_files import CollectedSite, collect_results, is_safe_relative_path
 from ptm.sealed import unseal_collected
 from ptm.status import StatusRecord
-from ptm.submission import Submitted, TaskDraft, submit_task, write_task
+from ptm.submission import (
+    Submitted,
+    TaskDraft,
+    refuse_unsigned_in,
+    signatures_required,
+    submit_task,
+    write_task,
+)
 
 __all__ = [
     "Cancelled",
     "Overview",
     "Registry",
+    "SignatureRequired",
     "SiteResult",
     "Submitted",
     "TaskDraft",
@@ -65,6 +79,7 @@ DEFAULT_REMOTE = "origin"
 DEFAULT_POLL_INTERVAL = 5.0
 ProgressCallback = Callable[[TaskStatus, float], None]
 RetryCallback = Callable[[int, str], None]
+API_OPTIONS = ("sign_key=KEY", "allow_unsigned=True")
 
 
 class WaitTimedOut(PtmError):
@@ -252,15 +267,22 @@ class Registry:
         draft: TaskDraft | Mapping[str, Any],
         *,
         sign_key: Path | None = None,
+        allow_unsigned: bool = False,
         on_retry: RetryCallback | None = None,
     ) -> Submitted:
-        """Write ``tasks/<id>/`` from ``draft`` (a TaskDraft or its fields), commit, push."""
+        """Write ``tasks/<id>/`` from ``draft`` (a TaskDraft or its fields), commit, push.
+
+        Signed with ``sign_key`` or git's own signing config; SignatureRequired, with nothing
+        written or pushed, when neither signs and the registry requires signed tasks, unless
+        ``allow_unsigned``."""
         task = draft if isinstance(draft, TaskDraft) else draft_from_mapping(draft)
         if self.url is not None:  # the cache clone has no work tree: a commit from objects
             self.refresh()
+            self._refuse_unsigned(task.task_id, "submitted", sign_key, allow=allow_unsigned)
             return submit_by_objects(
                 self.repo, self.refs, task, sign_key=sign_key, on_retry=on_retry
             )
+        self._refuse_unsigned(task.task_id, "submitted", sign_key, allow=allow_unsigned)
         write_task(self.root, task)
         return submit_task(
             self.root,
@@ -277,14 +299,18 @@ class Registry:
         *,
         reason: str,
         sign_key: Path | None = None,
+        allow_unsigned: bool = False,
         on_retry: RetryCallback | None = None,
     ) -> Cancelled:
-        """Commit ``tasks/<id>/cancel.yaml`` (signed like a task) and push it."""
+        """Commit ``tasks/<id>/cancel.yaml`` (signed like a task) and push it; refused like an
+        unsigned ``submit`` (sites that require signed tasks ignore an unsigned cancel)."""
         if self.url is not None:  # the cache clone has no work tree: a commit from objects
             self.refresh()
+            self._refuse_unsigned(task_id, "cancelled", sign_key, allow=allow_unsigned)
             return cancel_by_objects(
                 self.repo, self.refs, task_id, reason=reason, sign_key=sign_key, on_retry=on_retry
             )
+        self._refuse_unsigned(task_id, "cancelled", sign_key, allow=allow_unsigned)
         return cancel_task(
             self.root,
             task_id,
@@ -293,6 +319,27 @@ class Registry:
             sign_key=sign_key,
             remote=self.remote,
             on_retry=on_retry,
+        )
+
+    def _refuse_unsigned(
+        self, task_id: str, action: str, sign_key: Path | None, *, allow: bool
+    ) -> None:
+        """The rule of ``ptm task submit``; a URL's registry.yaml is read from the fetched
+        tasks branch's objects, a clone's from its work tree (as the command does)."""
+        if allow:
+            return
+        if self.url is not None:
+            tip = self.repo.rev_parse(self.refs.tasks_ref)
+            required = tip is not None and signatures_required_at(self.repo, tip, url=self.url)
+        else:
+            required = signatures_required(self.root)
+        refuse_unsigned_in(
+            self.repo,
+            task_id,
+            required=required,
+            sign_key=sign_key,
+            action=action,
+            options=API_OPTIONS,
         )
 
 

@@ -8,6 +8,8 @@ paramiko) are translated into these at the module that owns the library, with ``
     ├── ConfigError          a site or service config is unusable (bad regex, missing key file…)
     ├── RegistryError        git said no: unreachable remote, rejected push, bad repository
     │   └── TamperingDetected  the tasks branch was rewritten or an acted-on task changed
+    ├── SignatureRequired    unsigned work was not pushed: the registry's sites run only signed
+    │                        tasks (registry.yaml: require_signed_tasks) and no key is set up
     ├── CommandFailed        a subprocess exited non-zero (command, code, output indented)
     ├── CommandTimedOut      a subprocess outlived its deadline, or the process was stopping
     ├── RuntimeUnavailable   no container engine could be reached
@@ -54,6 +56,34 @@ class RegistryError(PtmError):
 
 class TamperingDetected(RegistryError):
     pass
+
+
+class SignatureRequired(PtmError):
+    """A submit or cancel was refused before anything was committed: it would be unsigned, and
+    the registry's sites run only signed tasks, so every site would reject (or ignore) it.
+    ``options`` are how the caller signs and how it pushes unsigned anyway: a command's flags
+    (``--sign-key KEY``, ``--allow-unsigned``) or the Python API's keywords."""
+
+    CONSEQUENCE = {
+        "submitted": "every site would reject it and the id would be used up",
+        "cancelled": "every site would ignore the cancel",
+    }
+
+    def __init__(self, task_id: str, *, action: str, options: tuple[str, str]) -> None:
+        self.task_id = task_id
+        self.action = action
+        self.options = options
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        sign, anyway = self.options
+        return (
+            f"tasks/{self.task_id}: not {self.action}: no signing key is set up, and this "
+            "registry's sites run only signed tasks (registry.yaml: require_signed_tasks), so "
+            f"{self.CONSEQUENCE[self.action]}. Set up SSH signing once with "
+            "'git config --global gpg.format ssh' and 'git config --global user.signingkey "
+            f"~/.ssh/id_ed25519.pub' (or pass {sign}); to push it unsigned anyway, pass {anyway}."
+        )
 
 
 class CommandFailed(PtmError):

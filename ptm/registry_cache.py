@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ptm.errors import InvalidDocument, PtmError
 from ptm.gitrepo import GitRepo
@@ -91,15 +92,29 @@ def tasks_branch_of(repo: GitRepo, url: str) -> str:
     tip = repo.rev_parse("refs/remotes/origin/HEAD") or repo.rev_parse("HEAD")
     if tip is None:
         raise PtmError(f"{url}: not a ptm registry (it has no default branch)")
+    document = registry_document(repo, tip, url=url, where="its default branch")
+    return str(document.get("tasks_branch", DEFAULT_BRANCH))
+
+
+def signatures_required_at(repo: GitRepo, tip: str, *, url: str) -> bool:
+    """Whether ``registry.yaml`` at commit ``tip`` (the fetched tasks branch, which a submit
+    or cancel builds on) says the sites run only signed tasks, read from objects."""
+    document = registry_document(repo, tip, url=url, where="its tasks branch")
+    return bool(document.get("require_signed_tasks", False))
+
+
+def registry_document(repo: GitRepo, tip: str, *, url: str, where: str) -> dict[str, Any]:
+    """``registry.yaml`` of commit ``tip``, located through ptm.tree_paths (entries checked,
+    size capped) and validated; PtmError naming ``url`` when it is missing or broken."""
     entry = locate(repo, {0: Wanted(tip, (REGISTRY_FILE,), "")})
     data = read_files(repo, entry, {0: REGISTRY_FILE}, max_bytes=MAX_DOCUMENT_BYTES)[0]
     if not isinstance(data, bytes):
         why = f": {data}" if data is not None else ""
-        raise PtmError(f"{url}: not a ptm registry (no {REGISTRY_FILE} on its default branch{why})")
+        raise PtmError(f"{url}: not a ptm registry (no {REGISTRY_FILE} on {where}{why})")
     source = f"{url}:{REGISTRY_FILE}"
     try:
         document = load_yaml_text(data, source=source)
         validate(document, "registry", source=source)
     except InvalidDocument as exc:
         raise PtmError(f"{url}: not a ptm registry: {exc}") from exc
-    return str(document.get("tasks_branch", DEFAULT_BRANCH))
+    return document

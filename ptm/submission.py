@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptm.errors import InvalidDocument, PtmError
+from ptm.errors import InvalidDocument, PtmError, SignatureRequired
 from ptm.gitrepo import GitRepo
 from ptm.names import check_name
 from ptm.registry import REGISTRY_FILE, TASKS_DIR, commit, push_with_rebase, signing_options
@@ -146,16 +146,39 @@ def signatures_required(root: Path) -> bool:
     return bool(document.get("require_signed_tasks", False))
 
 
-def refuse_unsigned(root: Path, task_id: str, *, sign_key: Path | None) -> None:
+COMMAND_OPTIONS = ("--sign-key KEY", "--allow-unsigned")
+
+
+def refuse_unsigned(
+    root: Path,
+    task_id: str,
+    *,
+    sign_key: Path | None,
+    action: str = "submitted",
+    options: tuple[str, str] = COMMAND_OPTIONS,
+) -> None:
     """Refuse before anything is committed: an unsigned task would be rejected everywhere and
     its id used up, since a task a site has acted on can never be submitted again."""
-    if not signatures_required(root) or signing_options(GitRepo(root), sign_key)[1]:
-        return
-    raise PtmError(
-        f"{TASKS_DIR}/{task_id}: not submitted: no signing key is set up, and this registry's "
-        f"sites run only signed tasks ({REGISTRY_FILE}: require_signed_tasks), so every site "
-        "would reject it and the id would be used up. Set up SSH signing once with "
-        "'git config --global gpg.format ssh' and 'git config --global user.signingkey "
-        "~/.ssh/id_ed25519.pub' (or pass --sign-key KEY); to push it unsigned anyway, pass "
-        "--allow-unsigned."
+    refuse_unsigned_in(
+        GitRepo(root),
+        task_id,
+        required=signatures_required(root),
+        sign_key=sign_key,
+        action=action,
+        options=options,
     )
+
+
+def refuse_unsigned_in(
+    repo: GitRepo,
+    task_id: str,
+    *,
+    required: bool,
+    sign_key: Path | None,
+    action: str,
+    options: tuple[str, str],
+) -> None:
+    """SignatureRequired when ``required`` and neither ``sign_key`` nor git's own signing config
+    (as ``repo`` sees it) would sign the commit."""
+    if required and not signing_options(repo, sign_key)[1]:
+        raise SignatureRequired(task_id, action=action, options=options)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ptm.api import Registry, WaitTimedOut, draft_from_mapping
+from ptm.api import Registry, SignatureRequired, WaitTimedOut, draft_from_mapping
 from ptm.errors import PtmError
 from ptm.federation import WAITING
 from ptm.registry_cache import cache_clone_path
@@ -105,7 +105,8 @@ def test_submit_status_wait_results(
 
 def test_wait_times_out_with_the_last_status(bare_registry: Path, registry_clone: Path) -> None:
     registry = Registry.open(registry_clone)
-    registry.submit(TaskDraft("slow", "ptm-test/stats:1", ("hospital-a",)))
+    # waiting is tested here, not signing (see test_unsigned_work_is_refused_…)
+    registry.submit(TaskDraft("slow", "ptm-test/stats:1", ("hospital-a",)), allow_unsigned=True)
     SiteBranch(bare_registry, "hospital-a").report("slow", "running")
     seen: list[float] = []
     started = time.monotonic()
@@ -124,7 +125,8 @@ def test_wait_times_out_with_the_last_status(bare_registry: Path, registry_clone
 
 def test_wait_sees_a_result_pushed_meanwhile(bare_registry: Path, registry_clone: Path) -> None:
     registry = Registry.open(registry_clone)
-    registry.submit({"task_id": "later", "image": "ptm-test/stats:1", "sites": ["hospital-a"]})
+    draft = {"task_id": "later", "image": "ptm-test/stats:1", "sites": ["hospital-a"]}
+    registry.submit(draft, allow_unsigned=True)  # waiting is tested here, not signing
     pusher = threading.Timer(
         0.8,
         lambda: SiteBranch(bare_registry, "hospital-a").put(final_result("later", "hospital-a")),
@@ -142,14 +144,15 @@ def test_cancel_through_the_api(
     bare_registry: Path, registry_clone: Path, alice: SigningKey
 ) -> None:
     registry = Registry.open(registry_clone)
-    registry.submit({"task_id": "c1", "image": "ptm-test/stats:1", "sites": "hospital-a"})
+    draft = {"task_id": "c1", "image": "ptm-test/stats:1", "sites": "hospital-a"}
+    registry.submit(draft, sign_key=alice.private)
     cancelled = registry.cancel("c1", reason="oops", sign_key=alice.private)
     assert cancelled.signed and cancelled.task_id == "c1"
     assert git(bare_registry, "rev-parse", "main") == cancelled.commit
     status = registry.status("c1")
     assert status.cancellation is not None and status.cancellation.reason == "oops"
     with pytest.raises(PtmError, match="cancelled already"):
-        registry.cancel("c1", reason="again")
+        registry.cancel("c1", reason="again", sign_key=alice.private)
 
 
 def test_a_url_registry_has_no_work_tree(bare_registry: Path, cache: Path) -> None:
@@ -157,14 +160,18 @@ def test_a_url_registry_has_no_work_tree(bare_registry: Path, cache: Path) -> No
     assert sorted(p.name for p in registry.root.iterdir()) == [".git"]
     (registry.root / "tasks" / "junk").mkdir(parents=True)
     (registry.root / "tasks" / "junk" / "task.yaml").write_text("left over\n")
-    registry.submit({"task_id": "fresh", "image": "ptm-test/stats:1", "sites": ["s"]})
+    # the missing work tree is tested here, not signing
+    registry.submit(
+        {"task_id": "fresh", "image": "ptm-test/stats:1", "sites": ["s"]}, allow_unsigned=True
+    )
     assert git(bare_registry, "ls-tree", "--name-only", "main:tasks").split() == ["fresh"]
     assert [t.task_id for t in registry.overview().tasks] == ["fresh"]
 
 
 def test_values_are_frozen(registry_clone: Path) -> None:
     registry = Registry.open(registry_clone)
-    registry.submit({"task_id": "frozen", "image": "ptm-test/stats:1", "sites": ["s"]})
+    draft = {"task_id": "frozen", "image": "ptm-test/stats:1", "sites": ["s"]}
+    registry.submit(draft, allow_unsigned=True)  # frozen values are tested here, not signing
     status = registry.status("frozen")
     with pytest.raises(dataclasses.FrozenInstanceError):
         registry.remote = "elsewhere"  # type: ignore[misc]  # the point of the test
@@ -186,3 +193,87 @@ def test_draft_from_mapping() -> None:
         draft_from_mapping({"task_id": "x", "image": "i:1", "site": ["a"]})
     with pytest.raises(PtmError, match="incomplete task"):
         draft_from_mapping({"task_id": "x"})
+
+
+# ---- unsigned work (registry.yaml: require_signed_tasks, as 'ptm registry init' writes it) ----
+
+
+def remote_refs(bare: Path) -> str:
+    return git(bare, "for-each-ref", "--format=%(refname) %(objectname)")
+
+
+def open_registry(how: str, bare: Path, clone_dir: Path) -> Registry:
+    return Registry.open(clone_dir) if how == "clone" else Registry.open(f"file://{bare}")
+
+
+def is_signed(bare: Path, commit: str) -> bool:
+    return "\ngpgsig " in git(bare, "cat-file", "commit", commit)
+
+
+DRAFT = {"task_id": "t1", "image": "ptm-test/stats:1", "sites": ["hospital-a"]}
+
+
+@pytest.mark.parametrize("how", ["clone", "url"])
+def test_unsigned_work_is_refused_and_nothing_is_pushed(
+    bare_registry: Path, registry_clone: Path, cache: Path, alice: SigningKey, how: str
+) -> None:
+    registry = open_registry(how, bare_registry, registry_clone)
+    before = remote_refs(bare_registry)
+    with pytest.raises(SignatureRequired) as refused:
+        registry.submit(DRAFT)
+    message = str(refused.value)
+    assert message.startswith("tasks/t1: not submitted: no signing key is set up")
+    assert "require_signed_tasks" in message and "the id would be used up" in message
+    assert "pass sign_key=KEY" in message and "pass allow_unsigned=True" in message
+    assert remote_refs(bare_registry) == before
+    assert not (registry_clone / "tasks" / "t1").exists()  # nothing written in the clone
+
+    submitted = registry.submit(DRAFT, sign_key=alice.private)  # signed: it goes
+    assert submitted.signed and is_signed(bare_registry, submitted.commit)
+    before = remote_refs(bare_registry)
+    with pytest.raises(SignatureRequired, match=r"tasks/t1: not cancelled: .* ignore the cancel"):
+        registry.cancel("t1", reason="wrong image")
+    assert remote_refs(bare_registry) == before
+    assert registry.status("t1").cancellation is None
+
+
+@pytest.mark.parametrize("how", ["clone", "url"])
+def test_allow_unsigned_pushes_unsigned_work(
+    bare_registry: Path, registry_clone: Path, cache: Path, how: str
+) -> None:
+    registry = open_registry(how, bare_registry, registry_clone)
+    submitted = registry.submit(DRAFT, allow_unsigned=True)
+    assert not submitted.signed and not is_signed(bare_registry, submitted.commit)
+    assert git(bare_registry, "rev-parse", "main") == submitted.commit
+    cancelled = registry.cancel("t1", reason="wrong image", allow_unsigned=True)
+    assert not cancelled.signed and git(bare_registry, "rev-parse", "main") == cancelled.commit
+
+
+@pytest.mark.parametrize("how", ["clone", "url"])
+def test_gits_own_signing_config_signs_without_a_key_argument(
+    bare_registry: Path, registry_clone: Path, cache: Path, alice: SigningKey, how: str
+) -> None:
+    git(registry_clone, "config", "--global", "gpg.format", "ssh")
+    git(registry_clone, "config", "--global", "user.signingkey", str(alice.private))
+    registry = open_registry(how, bare_registry, registry_clone)
+    submitted = registry.submit(DRAFT)
+    assert submitted.signed and is_signed(bare_registry, submitted.commit)
+    cancelled = registry.cancel("t1", reason="wrong image")
+    assert cancelled.signed and is_signed(bare_registry, cancelled.commit)
+
+
+@pytest.mark.parametrize("how", ["clone", "url"])
+def test_a_registry_that_does_not_require_signatures_takes_unsigned_work(
+    bare_registry: Path, registry_clone: Path, cache: Path, how: str
+) -> None:
+    """The rule follows the registry's own registry.yaml (a URL's read from git objects)."""
+    registry_yaml = registry_clone / "registry.yaml"
+    text = registry_yaml.read_text()
+    registry_yaml.write_text(
+        text.replace("require_signed_tasks: true", "require_signed_tasks: false")
+    )
+    git(registry_clone, "commit", "-qam", "sites accept unsigned tasks")
+    git(registry_clone, "push", "-q", "origin", "main")
+    registry = open_registry(how, bare_registry, registry_clone)
+    submitted = registry.submit(DRAFT)
+    assert not submitted.signed and git(bare_registry, "rev-parse", "main") == submitted.commit

@@ -27,7 +27,7 @@ from ptm.runtimes.docker import DockerRuntime
 from ptm.siteconfig import load_site_config
 from ptm.watch import run_until_stopped
 from tests.agent_support import write_site_config
-from tests.fixtures_git import git
+from tests.fixtures_git import SigningKey, git, write_allowed_signers
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 MEAN_IMAGE = "ptm-examples/federated-mean:test"
@@ -59,8 +59,17 @@ def federation(
     bare_registry: Path,
     example_images: dict[str, str],
     test_labels: dict[str, str],
+    alice: SigningKey,
 ) -> Iterator[RunningFederation]:
+    """Sites that run only tasks alice signed, as a registry made by 'ptm registry init' says
+    (require_signed_tasks), and a central side that signs with her key."""
     data = write_site_data(tmp_path / "data", SITES, rows_per_site=120, seed=7)
+    signers = write_allowed_signers(tmp_path / "allowed_signers", alice)
+    trust_alice = {
+        "require_signed_tasks": True,
+        "allowed_signers": str(signers),
+        "trusted_submitters": [alice.principal],
+    }
     stop = threading.Event()
     threads = []
     for site in SITES:
@@ -68,7 +77,7 @@ def federation(
             tmp_path,
             site,
             bare_registry,
-            policy={"allowed_images": ["ptm-examples/.*:.*"]},
+            policy={"allowed_images": ["ptm-examples/.*:.*"], **trust_alice},
             mounts=[{"source": str(data[site].parent), "target": "/data"}],
         )
         agent = Agent(load_site_config(config_file), DockerRuntime(None, labels=test_labels))
@@ -78,7 +87,10 @@ def federation(
     registry = Registry.open(bare_registry, cache_dir=tmp_path / "cache")
     try:
         yield RunningFederation(
-            Federation(registry, sites=SITES, timeout=90, poll_interval=0.2), data
+            Federation(
+                registry, sites=SITES, sign_key=alice.private, timeout=90, poll_interval=0.2
+            ),
+            data,
         )
     finally:
         stop.set()
@@ -102,6 +114,7 @@ def test_federated_mean_equals_the_mean_of_all_rows(federation: RunningFederatio
     assert result.count == rows  # age is never missing in the synthetic data
     status = federation.federation.registry.status("mean-age")
     assert {s.record.image for s in status.sites if s.record} == {MEAN_IMAGE}
+    assert {s.record.submitted_by for s in status.sites if s.record} == {"alice@uni.example"}
 
 
 @pytest.mark.docker
@@ -139,6 +152,7 @@ def test_iterative_newton_rounds_reach_the_pooled_fit(
         federation.federation.registry,
         sites=(EVERY_SITE,),
         wait_for=SITES,
+        sign_key=federation.federation.sign_key,
         timeout=90,
         poll_interval=0.2,
     )

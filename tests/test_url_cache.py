@@ -145,16 +145,17 @@ def test_submit_and_cancel_through_a_url_keep_crafted_entries(
     )
     assert registry.status("fresh").task is not None
     with pytest.raises(PtmError, match="in the registry already"):
-        registry.submit({"task_id": "fresh", "image": "ptm-test/stats:1", "sites": ["s"]})
+        draft = {"task_id": "fresh", "image": "ptm-test/stats:1", "sites": ["s"]}
+        registry.submit(draft, sign_key=alice.private)
 
     cancelled = registry.cancel("fresh", reason="wrong image", sign_key=alice.private)
     assert cancelled.signed and git(bare_registry, "rev-parse", "main") == cancelled.commit
     status = registry.status("fresh")
     assert status.cancellation is not None and status.cancellation.reason == "wrong image"
     with pytest.raises(PtmError, match="cancelled already"):
-        registry.cancel("fresh", reason="again")
+        registry.cancel("fresh", reason="again", sign_key=alice.private)
     with pytest.raises(PtmError, match="no task 'nope'"):
-        registry.cancel("nope", reason="x")
+        registry.cancel("nope", reason="x", sign_key=alice.private)
     assert sorted(p.name for p in registry.root.iterdir()) == [".git"]
 
 
