@@ -236,15 +236,37 @@ def read_key_entry(entry: str, *, source: str) -> RecipientKey:
 
 def encrypt(plaintext: bytes, recipients: Sequence[RecipientKey]) -> bytes:
     """An age file (binary) that each of ``recipients`` can decrypt."""
+    import pyrage
+
+    targets = _recipients(recipients)
+    try:
+        return pyrage.encrypt(plaintext, targets)
+    except pyrage.EncryptError as exc:
+        raise EncryptionError(f"age could not encrypt: {exc}") from exc
+
+
+def encrypt_file(source: Path, target: Path, recipients: Sequence[RecipientKey]) -> None:
+    """``source`` encrypted into ``target`` as an age file, streamed (memory stays flat)."""
+    import pyrage
+
+    targets = _recipients(recipients)
+    try:
+        pyrage.encrypt_file(str(source), str(target), targets)
+    except pyrage.EncryptError as exc:
+        raise EncryptionError(f"age could not encrypt: {exc}") from exc
+    except OSError as exc:
+        raise EncryptionError(f"cannot encrypt {source.name}: {exc}") from exc
+
+
+def _recipients(recipients: Sequence[RecipientKey]) -> list[ssh.Recipient]:
     if not recipients:
         raise EncryptionError("nothing to encrypt to: no recipient key")
     import pyrage
     from pyrage import ssh
 
     try:
-        targets = [ssh.Recipient.from_str(key.line) for key in recipients]
-        return pyrage.encrypt(plaintext, targets)
-    except (pyrage.RecipientError, pyrage.EncryptError) as exc:
+        return [ssh.Recipient.from_str(key.line) for key in recipients]
+    except pyrage.RecipientError as exc:
         raise EncryptionError(f"age could not encrypt: {exc}") from exc
 
 
@@ -313,12 +335,33 @@ def decrypt(ciphertext: bytes, key: PrivateKey, *, source: str, recipients: Sequ
     try:
         return pyrage.decrypt(ciphertext, [key.identity])
     except pyrage.DecryptError as exc:
-        if "no matching keys" in str(exc).lower():
-            yours = f" ({key.fingerprint})" if key.fingerprint else ""
-            listed = ", ".join(recipients) or "keys it does not name"
-            raise EncryptionError(
-                f"{source}: not encrypted to your key {key.path}{yours}; it is for {listed}"
-            ) from None
-        raise EncryptionError(
-            f"{source}: age's integrity check failed ({exc}): the file is damaged or was changed"
-        ) from None
+        raise _decrypt_problem(exc, key, source, recipients) from None
+
+
+def decrypt_file(
+    path: Path, target: Path, key: PrivateKey, *, source: str, recipients: Sequence[str]
+) -> None:
+    """``decrypt`` from the file ``path`` into the new file ``target``, streamed. age checks
+    each 64 KiB chunk as it goes: after a failure ``target`` holds a part, to be thrown away."""
+    import pyrage
+
+    try:
+        pyrage.decrypt_file(str(path), str(target), [key.identity])
+    except pyrage.DecryptError as exc:
+        raise _decrypt_problem(exc, key, source, recipients) from None
+    except OSError as exc:
+        raise EncryptionError(f"{source}: cannot decrypt it: {exc}") from exc
+
+
+def _decrypt_problem(
+    exc: Exception, key: PrivateKey, source: str, recipients: Sequence[str]
+) -> EncryptionError:
+    if "no matching keys" in str(exc).lower():
+        yours = f" ({key.fingerprint})" if key.fingerprint else ""
+        listed = ", ".join(recipients) or "keys it does not name"
+        return EncryptionError(
+            f"{source}: not encrypted to your key {key.path}{yours}; it is for {listed}"
+        )
+    return EncryptionError(
+        f"{source}: age's integrity check failed ({exc}): the file is damaged or was changed"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from ptm.encryption import EncryptionError
 from ptm.engine_wait import AgentStopping, EngineWait
 from ptm.errors import ContainerError, DeliveryError, OutputRejected, PtmError
 from ptm.gitrepo import GitRepo
-from ptm.ledger import LOG_FILE, OUTPUT_DIR, STATUS_FILE, Ledger
+from ptm.ledger import LOG_FILE, OUTPUT_DIR, SEALED_FILE, STATUS_FILE, Ledger
 from ptm.names import check_name
 from ptm.outputs import OutputReport, collect_outputs
 from ptm.runtimes.base import DEFAULT_USER, ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
@@ -296,13 +297,23 @@ class TaskExecution:
             record = self._deliver(record, outputs, deliver)
             outputs = None
         if must_seal(record, self.site):  # log and outputs go out encrypted, or not at all
+            return self._publish_sealed(record, log, outputs)
+        self.ledger.record(record, log=log, outputs=outputs)
+        return record
+
+    def _publish_sealed(
+        self, record: StatusRecord, log: bytes, outputs: Path | None
+    ) -> StatusRecord:
+        scratch = Path(tempfile.mkdtemp(prefix=".seal-", dir=self.workdir.runs))
+        try:
+            sealed: Path | None = scratch / SEALED_FILE
             try:
-                record, sealed = seal(record, self.site, log, outputs)
+                record = seal(record, self.site, log, outputs, scratch / SEALED_FILE)
             except EncryptionError as exc:
                 record, sealed = unpublishable(record, exc), None
             self.ledger.record(record, sealed=sealed)
-            return record
-        self.ledger.record(record, log=log, outputs=outputs)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         return record
 
     def _deliver(self, record: StatusRecord, outputs: Path, target_name: str) -> StatusRecord:

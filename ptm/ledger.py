@@ -206,7 +206,7 @@ class Ledger:
         message: str | None = None,
         remove_outputs: bool = False,
         note: str | None = None,
-        sealed: bytes | None = None,
+        sealed: Path | None = None,
     ) -> str:
         """Commit ``status.yaml`` (and the log, output files or sealed result, if given)."""
         folder = result_path(status.task, self.site)
@@ -215,11 +215,11 @@ class Ledger:
         }
         if log is not None:
             files[f"{folder}/{LOG_FILE}"] = log
-        if sealed is not None:
-            files[f"{folder}/{SEALED_FILE}"] = sealed
         paths: dict[str, Path] = {}
         if outputs is not None:
             paths = {f"{folder}/{OUTPUT_DIR}/{rel}": p for rel, p in _own_files(outputs)}
+        if sealed is not None:
+            paths[f"{folder}/{SEALED_FILE}"] = sealed
         replace = f"{folder}/{OUTPUT_DIR}/" if outputs is not None or remove_outputs else None
         subject = message or f"{status.task}: {status.state} at {self.site}"
         body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"

@@ -33,17 +33,18 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO, BinaryIO
 
 from ptm.encryption import (
     EncryptionError,
     PrivateKey,
     RecipientKey,
-    decrypt,
-    encrypt,
+    decrypt_file,
+    encrypt_file,
     load_private_key,
     signer_keys,
     unique_keys,
@@ -59,6 +60,7 @@ from ptm.task import Task
 OUTPUT_REFUSED = "output refused"  # how ptm.execution's reason for a refused output begins
 MAX_MEMBERS = 100_000
 MAX_STATUS_BYTES = 4 * 1024**2
+CHUNK = 1024 * 1024
 __all__ = ["SEALED_FILE", "EncryptionError"]
 
 
@@ -101,9 +103,11 @@ def must_seal(record: StatusRecord, site: SiteConfig) -> bool:
 
 
 def seal(
-    record: StatusRecord, site: SiteConfig, log: bytes, outputs: Path | None
-) -> tuple[StatusRecord, bytes]:
-    """(the public record, the bytes of ``result.age``); EncryptionError if it cannot be made."""
+    record: StatusRecord, site: SiteConfig, log: bytes, outputs: Path | None, target: Path
+) -> StatusRecord:
+    """Write ``result.age`` to the new file ``target``; the public record. EncryptionError if
+    it cannot be made. Streamed through a plain tar beside ``target``: memory stays flat
+    whatever the outputs hold."""
     keys = result_recipients(site, record.submitted_by)
     full = replace(
         record,
@@ -111,17 +115,40 @@ def seal(
         output_count=len(record.outputs),
         output_bytes=sum(int(entry["bytes"]) for entry in record.outputs),
     )
-    members = [(STATUS_FILE, dump_yaml(full.to_document()).encode()), (LOG_FILE, log)]
+    members: list[tuple[str, bytes | Path]] = [
+        (STATUS_FILE, dump_yaml(full.to_document()).encode()),
+        (LOG_FILE, log),
+    ]
     if outputs is not None:
-        members += [(f"{OUTPUT_DIR}/{rel}", path.read_bytes()) for rel, path in _files(outputs)]
-    sealed = encrypt(build_archive(members, mtime=_epoch(full.finished_at)), keys)
-    return public_view(full, sealed), sealed
+        members += [(f"{OUTPUT_DIR}/{rel}", path) for rel, path in _files(outputs)]
+    plain = target.with_name(f".{target.name}.tar")
+    try:
+        with plain.open("xb") as stream:
+            write_archive(stream, members, mtime=_epoch(full.finished_at))
+        encrypt_file(plain, target, keys)
+        size, digest = file_digest(target)
+    except OSError as exc:
+        raise EncryptionError(f"cannot seal the result: {exc}") from exc
+    finally:
+        plain.unlink(missing_ok=True)
+    return public_view(full, size, digest)
 
 
-def public_view(record: StatusRecord, sealed: bytes) -> StatusRecord:
-    digest = hashlib.sha256(sealed).hexdigest()
-    entry = {"path": SEALED_FILE, "bytes": len(sealed), "sha256": digest}
+def public_view(record: StatusRecord, size: int, sha256: str) -> StatusRecord:
+    """What everyone may read of a sealed result whose ``result.age`` has this size and hash."""
+    entry = {"path": SEALED_FILE, "bytes": size, "sha256": sha256}
     return replace(record, outputs=(entry,), skipped=(), reason=public_reason(record.reason))
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, SHA-256) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def public_reason(reason: str | None) -> str | None:
@@ -154,22 +181,31 @@ def encrypt_folder(source: Path, keys: Sequence[RecipientKey]) -> Path:
         for rel, path in _files(source):
             destination = target / f"{rel}.age"
             destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(encrypt(path.read_bytes(), keys))
-    except OSError as exc:
+            encrypt_file(path, destination, keys)
+    except (OSError, EncryptionError) as exc:
         shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, EncryptionError):
+            raise
         raise EncryptionError(f"cannot encrypt the files for delivery: {exc}") from exc
     return target
 
 
-def build_archive(members: Iterable[tuple[str, bytes]], *, mtime: int) -> bytes:
-    """A pax tar of regular files, owned by nobody in particular, all with time ``mtime``."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in members:
+def write_archive(
+    stream: BinaryIO, members: Iterable[tuple[str, bytes | Path]], *, mtime: int
+) -> None:
+    """A pax tar of regular files (given as bytes or as a file to copy), owned by nobody in
+    particular, all with time ``mtime``."""
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in members:
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, mtime
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+            info.mode, info.mtime = 0o644, mtime
+            if isinstance(content, bytes):
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+                continue
+            with content.open("rb") as source:
+                info.size = os.fstat(source.fileno()).st_size
+                archive.addfile(info, source)
 
 
 def _files(folder: Path) -> list[tuple[str, Path]]:
@@ -223,19 +259,25 @@ def _is_sealed(folder: Path) -> bool:
 
 
 def unseal_folder(folder: Path, key: PrivateKey) -> tuple[str, ...]:
-    """Replace ``folder``'s ``result.age`` by the checked files it holds; the folder's files."""
+    """Replace ``folder``'s ``result.age`` by the checked files it holds; the folder's files.
+    Streamed: decrypted into a plain tar, unpacked file by file, so memory stays flat."""
     sealed_path = folder / SEALED_FILE
     source = str(sealed_path)
     try:
         outer = load_status(folder / STATUS_FILE)
     except InvalidDocument as exc:
         raise EncryptionError(f"{source}: the status beside it is unreadable: {exc}") from None
-    data = sealed_path.read_bytes()
-    _check_ciphertext(outer, data, source)
-    plain = decrypt(data, key, source=source, recipients=outer.encrypted_to)
-    members = read_archive(plain, source=source)
-    _check_contents(outer, members, source)
-    _move_in(folder, members)
+    _check_ciphertext(outer, sealed_path, source)
+    staging = Path(tempfile.mkdtemp(prefix=".unsealed.", dir=folder))
+    try:
+        plain = staging / "plain.tar"
+        decrypt_file(sealed_path, plain, key, source=source, recipients=outer.encrypted_to)
+        unpacked = unpack_archive(plain, staging / "result", source=source)
+        plain.unlink()
+        status = _check_contents(outer, unpacked, source)
+        _move_in(folder, staging / "result", status)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     sealed_path.unlink()
     return tuple(
         path.relative_to(folder).as_posix()
@@ -244,31 +286,57 @@ def unseal_folder(folder: Path, key: PrivateKey) -> tuple[str, ...]:
     )
 
 
-def _check_ciphertext(outer: StatusRecord, data: bytes, source: str) -> None:
+def _check_ciphertext(outer: StatusRecord, path: Path, source: str) -> None:
     listed = [dict(entry) for entry in outer.outputs if entry.get("path") == SEALED_FILE]
-    digest = hashlib.sha256(data).hexdigest()
-    if len(listed) != 1 or listed[0].get("sha256") != digest or listed[0].get("bytes") != len(data):
+    size, digest = file_digest(path)
+    if len(listed) != 1 or listed[0].get("sha256") != digest or listed[0].get("bytes") != size:
         raise EncryptionError(
             f"{source}: does not match the size and SHA-256 that status.yaml gives for it; "
             "it was changed after the site wrote it"
         )
 
 
-def read_archive(data: bytes, *, source: str) -> dict[str, bytes]:
-    """name → content of the tar inside a sealed result; EncryptionError for anything odd."""
-    members: dict[str, bytes] = {}
+@dataclass(frozen=True)
+class Unpacked:
+    """What a sealed result's tar held: its status.yaml, and (size, SHA-256) of each other
+    file, written below the folder it was unpacked into."""
+
+    status: bytes | None
+    files: Mapping[str, tuple[int, str]]
+
+
+def unpack_archive(plain: Path, into: Path, *, source: str) -> Unpacked:
+    """Unpack the tar inside a sealed result into the new folder ``into``, checking each member
+    before anything of it is written; EncryptionError for anything odd."""
+    status: bytes | None = None
+    files: dict[str, tuple[int, str]] = {}
+    seen: set[str] = set()
+    into.mkdir()
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        with tarfile.open(plain, mode="r:") as archive:
             for member in archive:
-                _check_member(member, members, source)
+                _check_member(member, seen, source)
+                seen.add(member.name)
                 handle = archive.extractfile(member)
-                members[member.name] = handle.read() if handle is not None else b""
+                assert handle is not None  # a regular file (checked)
+                if member.name == STATUS_FILE:
+                    status = _read_status(handle, member.size, source)
+                else:
+                    files[member.name] = _write_new(into, member.name, handle, source)
     except tarfile.TarError as exc:
         raise EncryptionError(f"{source}: what it holds is not a readable tar: {exc}") from exc
-    return members
+    return Unpacked(status, files)
 
 
-def _check_member(member: tarfile.TarInfo, seen: Mapping[str, bytes], source: str) -> None:
+def _read_status(handle: IO[bytes], size: int, source: str) -> bytes:
+    if size > MAX_STATUS_BYTES:
+        raise EncryptionError(
+            f"{source}: its status.yaml is {size} bytes, more than {MAX_STATUS_BYTES} allowed"
+        )
+    return handle.read(MAX_STATUS_BYTES + 1)
+
+
+def _check_member(member: tarfile.TarInfo, seen: Collection[str], source: str) -> None:
     shown = ascii(member.name[:200])
     if len(seen) >= MAX_MEMBERS:
         raise EncryptionError(f"{source}: holds more than {MAX_MEMBERS} files")
@@ -290,11 +358,12 @@ def _allowed_name(name: str) -> bool:
     return all(part not in ("", ".", "..") and name_problem(part) is None for part in parts)
 
 
-def _check_contents(outer: StatusRecord, members: Mapping[str, bytes], source: str) -> None:
-    if STATUS_FILE not in members:
+def _check_contents(outer: StatusRecord, unpacked: Unpacked, source: str) -> bytes:
+    """The inner status.yaml, once it and every file check out."""
+    if unpacked.status is None:
         raise EncryptionError(f"{source}: holds no status.yaml")
     try:
-        document = load_yaml_text(members[STATUS_FILE], source=source, max_bytes=MAX_STATUS_BYTES)
+        document = load_yaml_text(unpacked.status, source=source, max_bytes=MAX_STATUS_BYTES)
         inner = StatusRecord.from_document(document, source=f"{source}: status.yaml")
     except InvalidDocument as exc:
         raise EncryptionError(f"{source}: its status.yaml is invalid: {exc}") from None
@@ -303,41 +372,45 @@ def _check_contents(outer: StatusRecord, members: Mapping[str, bytes], source: s
             f"{source}: holds the result of task {inner.task} at {inner.site} (commit "
             f"{inner.task_commit[:12]}), not of this one"
         )
-    found = {name: data for name, data in members.items() if name.startswith(f"{OUTPUT_DIR}/")}
+    found = {n: f for n, f in unpacked.files.items() if n.startswith(f"{OUTPUT_DIR}/")}
     listed = {} if inner.delivered_to else {str(e["path"]): e for e in inner.outputs}
     if set(found) != set(listed):
         raise EncryptionError(f"{source}: its files differ from the list in its status.yaml")
-    for name, data in found.items():
+    for name, (size, digest) in found.items():
         entry = listed[name]
-        if entry["bytes"] != len(data) or entry["sha256"] != hashlib.sha256(data).hexdigest():
+        if entry["bytes"] != size or entry["sha256"] != digest:
             raise EncryptionError(f"{source}: {name!a} differs from the SHA-256 its status gives")
+    return unpacked.status
 
 
-def _move_in(folder: Path, members: Mapping[str, bytes]) -> None:
-    """Write the members into a fresh folder, then put them in place of the sealed layout."""
-    staging = Path(tempfile.mkdtemp(prefix=".unsealed.", dir=folder))
-    try:
-        try:
-            for name, data in members.items():
-                _write_new(staging, name, data)
-        except OSError as exc:  # a file where a folder must go, or a clash of names
-            raise EncryptionError(f"{folder / SEALED_FILE}: cannot be unpacked: {exc}") from exc
-        for name in (LOG_FILE, OUTPUT_DIR):
-            _remove(folder / name)
-        for name in (LOG_FILE, OUTPUT_DIR, STATUS_FILE):
-            if (staging / name).exists():
-                (staging / name).replace(folder / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _move_in(folder: Path, unpacked: Path, status: bytes) -> None:
+    """Put the unpacked files and the inner (complete) status in place of the sealed layout,
+    the status last."""
+    (unpacked / STATUS_FILE).write_bytes(status)
+    for name in (LOG_FILE, OUTPUT_DIR):
+        _remove(folder / name)
+    for name in (LOG_FILE, OUTPUT_DIR, STATUS_FILE):
+        if (unpacked / name).exists():
+            (unpacked / name).replace(folder / name)
 
 
-def _write_new(root: Path, name: str, data: bytes) -> None:
+def _write_new(root: Path, name: str, handle: IO[bytes], source: str) -> tuple[int, str]:
+    """Copy one member into a new file below ``root``: its (size, SHA-256)."""
     target = root.joinpath(*name.split("/"))
-    # Every folder below ``root`` is made here, in a folder made moments ago: none is a link.
-    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    with os.fdopen(os.open(target, flags, 0o644), "wb") as stream:
-        stream.write(data)
+    try:
+        # Every folder below ``root`` is made here, in a folder made moments ago: none is a link.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(target, flags, 0o644), "wb") as stream:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                stream.write(chunk)
+    except OSError as exc:  # a file where a folder must go, or a clash of names
+        raise EncryptionError(f"{source}: cannot be unpacked: {exc}") from exc
+    return size, digest.hexdigest()
 
 
 def _remove(path: Path) -> None:

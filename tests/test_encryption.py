@@ -25,12 +25,12 @@ from ptm.errors import ConfigError
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.sealed import (
     SEALED_FILE,
-    build_archive,
     public_view,
     seal,
     signing_key_path,
     unseal_collected,
     unseal_folder,
+    write_archive,
 )
 from ptm.siteconfig import SiteConfig, load_site_config
 from ptm.status import StatusRecord
@@ -319,7 +319,11 @@ def test_a_sealed_result_shows_only_metadata_and_unseals_to_the_plain_layout(
 ) -> None:
     config = site_config(tmp_path, allowed_signers, encrypt_to=[keys["bob"].line])
     record = finished_record(OUTPUTS)
-    public, sealed = seal(record, config, b"the log\n", collected_folder(tmp_path, OUTPUTS))
+    target = tmp_path / "sealed" / SEALED_FILE
+    target.parent.mkdir()
+    public = seal(record, config, b"the log\n", collected_folder(tmp_path, OUTPUTS), target)
+    sealed = target.read_bytes()
+    assert sorted(p.name for p in target.parent.iterdir()) == [SEALED_FILE]  # no plain tar left
 
     shown = dump_yaml(public.to_document())
     for secret in ("counts-by-diagnosis", "plots", "secret-link", "the log"):
@@ -374,7 +378,7 @@ def test_a_reason_that_names_an_output_is_kept_inside(
         submitted_by="alice@uni.example",
         reason=reason,
     )
-    public, _ = seal(record, config, b"", None)
+    public = seal(record, config, b"", None, tmp_path / SEALED_FILE)
     assert public.reason is not None and "hiv" not in public.reason
     assert public.output_count == 0 and public.state == "failed"
 
@@ -385,7 +389,8 @@ def test_sealing_without_a_verified_submitter_refuses(
     config = site_config(tmp_path, allowed_signers)
     unsigned = StatusRecord("t1", "hospital-a", "completed", COMMIT, "2026-12-01T10:00:00Z")
     with pytest.raises(EncryptionError, match="no verified submitter"):
-        seal(unsigned, config, b"log", None)
+        seal(unsigned, config, b"log", None, tmp_path / SEALED_FILE)
+    assert not (tmp_path / SEALED_FILE).exists()  # nothing written
 
 
 def sealed_folder(
@@ -393,11 +398,18 @@ def sealed_folder(
 ) -> Path:
     """A site folder whose result.age holds exactly ``members`` (or the tar bytes ``raw``)."""
     alice = parse_public_key(keys["alice"].line, source="a")
-    sealed = encrypt(raw or build_archive(members, mtime=0), [alice])
+    sealed = encrypt(raw or archive_bytes(members), [alice])
     record = finished_record({})
+    digest = hashlib.sha256(sealed).hexdigest()
     return publish_like_the_ledger(
-        tmp_path / "out" / "hospital-a", public_view(record, sealed), sealed
+        tmp_path / "out" / "hospital-a", public_view(record, len(sealed), digest), sealed
     )
+
+
+def archive_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    write_archive(buffer, members, mtime=0)
+    return buffer.getvalue()
 
 
 def inner_status(outputs: dict[str, bytes], **changes: object) -> bytes:
