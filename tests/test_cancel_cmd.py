@@ -21,7 +21,10 @@ def submitted(registry_clone: Path) -> Path:
 
 
 def cancel(clone_dir: Path, *args: str) -> int:
-    return main(["cancel", *args, "--registry", str(clone_dir)])
+    """``ptm cancel``; unsigned (the tests below are about the cancel, not its signature, which
+    the tests after them are about) unless the test passes --sign-key."""
+    signing = ["--allow-unsigned"] if "--sign-key" not in args else []
+    return main(["cancel", *args, *signing, "--registry", str(clone_dir)])
 
 
 def test_cancel_commits_a_signed_cancel_file(
@@ -62,8 +65,23 @@ def test_cancel_shows_in_status(submitted: Path, capsys: pytest.CaptureFixture[s
     assert cancelled == {"reason": "superseded by t2", "requested_by": "alice@uni.example"}
 
 
-def test_cancel_unsigned_warns(submitted: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cancel(submitted, "t1") == 0
+def test_an_unsigned_cancel_is_refused_where_sites_require_signatures(
+    bare_registry: Path, submitted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = git(bare_registry, "for-each-ref")
+    assert main(["cancel", "t1", "--registry", str(submitted)]) == 1
+    err = capsys.readouterr().err
+    assert "every site would ignore the cancel" in err
+    assert "--sign-key KEY" in err and "--allow-unsigned" in err and "sign_key=" not in err
+    assert git(bare_registry, "for-each-ref") == before  # nothing pushed
+    assert git(submitted, "status", "--porcelain") == ""  # nothing written either
+    assert not (submitted / "tasks" / "t1" / "cancel.yaml").exists()
+
+
+def test_cancel_unsigned_on_purpose_warns(
+    submitted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cancel(submitted, "t1") == 0  # with --allow-unsigned
     captured = capsys.readouterr()
     assert "not signed" in captured.err and "unsigned commit" in captured.out
 

@@ -328,7 +328,7 @@ def test_a_cancel_reason_with_escapes_is_shown_escaped(
     # escaping is tested here, not signing: the escape sequence is in the reason
     Registry.open(work).cancel("t1", reason=f"stop {ESCAPE}", allow_unsigned=True)
     capsys.readouterr()
-    assert main(["cancel", "t1", "--registry", str(work)]) == 1
+    assert main(["cancel", "t1", "--allow-unsigned", "--registry", str(work)]) == 1
     err = capsys.readouterr().err
     assert "cancelled already (reason: stop \\x1b[2J" in err and "\x1b" not in err
     assert main(["status", "t1", "--registry", str(work)]) == 0

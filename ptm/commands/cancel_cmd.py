@@ -9,6 +9,8 @@ from typing import Any
 
 from ptm.commands.status_cmd import add_location_options, open_registry
 from ptm.console import print_json, say, warn
+from ptm.errors import SignatureRequired
+from ptm.submission import COMMAND_OPTIONS
 
 DEFAULT_REASON = "cancelled by the researcher"
 
@@ -25,6 +27,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("task_id", metavar="TASK", help="the task to cancel")
     parser.add_argument("--reason", default=DEFAULT_REASON, help="why (shown to every site)")
     parser.add_argument("--sign-key", type=Path, metavar="KEY", help="SSH private key to sign with")
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="push without a signature even though registry.yaml says its sites require one "
+        "(they would ignore the cancel)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_location_options(parser)
     parser.set_defaults(handler=run)
@@ -32,14 +40,16 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     registry = open_registry(args)
-    cancelled = registry.cancel(
-        args.task_id,
-        reason=args.reason,
-        sign_key=args.sign_key,
-        # The command pushes an unsigned cancel and warns below (the API refuses it by default).
-        allow_unsigned=True,
-        on_retry=lambda attempt, why: warn(f"push attempt {attempt}: {why}"),
-    )
+    try:
+        cancelled = registry.cancel(
+            args.task_id,
+            reason=args.reason,
+            sign_key=args.sign_key,
+            allow_unsigned=args.allow_unsigned,
+            on_retry=lambda attempt, why: warn(f"push attempt {attempt}: {why}"),
+        )
+    except SignatureRequired as exc:  # the API's words name its keywords; say the flags
+        raise SignatureRequired(exc.task_id, action="cancelled", options=COMMAND_OPTIONS) from None
     if args.json:
         print_json(asdict(cancelled))
         return 0
