@@ -5,7 +5,7 @@
 
 Wall time is the median of ``--runs`` fresh interpreters (``python -m ptm ...``); the import
 figure is ``python -X importtime``'s cumulative time of ``ptm.main`` plus the chosen command's
-module. Heavy libraries: GitPython, docker, paramiko, watchdog.
+module. Heavy libraries: GitPython, docker, paramiko, watchdog, pyrage.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("git", "docker", "paramiko", "watchdog")
+HEAVY = ("git", "docker", "paramiko", "watchdog", "pyrage")
 COMMANDS = (
     ("--version",),
     ("--help",),
