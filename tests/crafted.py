@@ -40,16 +40,18 @@ def blob(repo: Path, data: bytes) -> str:
     return _git(repo, "hash-object", "-w", "--stdin", data=data)
 
 
-def big_blob(repo: Path, size: int) -> str:
-    """A blob of ``size`` zero bytes: hundreds of megabytes that compress to a few kilobytes."""
+def big_blob(repo: Path, size: int, *, fill: bytes = b"\0") -> str:
+    """A blob of ``size`` bytes ``fill`` (zero bytes unless told): hundreds of megabytes that
+    compress to a few kilobytes. ``fill=b"#"`` makes one long YAML comment, a valid document."""
     with subprocess.Popen(
-        ["git", "hash-object", "-w", "--stdin"],
+        # the fastest compression: the blob is written in seconds, not tens of seconds
+        ["git", "-c", "core.looseCompression=1", "hash-object", "-w", "--stdin"],
         cwd=repo,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
-        chunk = b"\0" * (1024 * 1024)
+        chunk = fill * (1024 * 1024)
         left = size
         while left > 0:
             proc.stdin.write(chunk[: min(left, len(chunk))])
