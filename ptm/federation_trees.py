@@ -17,6 +17,7 @@ from ptm.ledger import RESULTS_DIR, STATUS_FILE
 from ptm.names import is_valid_name
 from ptm.schema import MAX_DOCUMENT_BYTES
 from ptm.task import CANCEL_FILE, TASK_FILE, TASKS_DIR
+from ptm.tree_entries import FILE_MODES, TREE_MODE, RawEntry
 from ptm.tree_paths import (
     Folder,
     Refused,
@@ -30,7 +31,6 @@ from ptm.tree_paths import (
     root_trees,
     step,
 )
-from ptm.treecheck import FILE_MODES, TREE_MODE, RawEntry
 
 MAX_STATUS_BYTES = 256 * 1024
 TASK_FOLDER_BYTES = 1024**2  # one task's folder listing; a results/<task> folder's too

@@ -179,15 +179,7 @@ class GitRepo:
         *,
         stdin: bytes | None = None,
     ) -> bytes:
-        options: list[str] = []
-        for key, value in (config or {}).items():
-            options += ["-c", f"{key}={value}"]
-        command = ["git", *options, *args]
-        limits = self._limits or GitLimits.from_environment(os.environ)
-        # English messages: callers recognise some of them (a rejected push, a timeout).
-        base = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
-        full_env = {**base, **self._env, **(env or {})}
-        full_env.update(deadline_environment(full_env, limits))
+        command, full_env, limits = self._prepare(args, config, env)
         try:
             done = process.run_bounded(
                 command, cwd=_usable(self.path), env=full_env, stdin=stdin, timeout=limits.call
@@ -199,6 +191,40 @@ class GitRepo:
         if done.returncode != 0:
             raise RegistryError(_describe_failure(command, done, limits))
         return done.stdout
+
+    def session(self, *args: str) -> process.Session:
+        """A git command kept running to talk with (``cat-file --batch-command``), with one
+        deadline (the limit of one call) for the whole session; RegistryError if it cannot
+        start. It ends with the ``with`` block it is used in: no process outlives its caller."""
+        command, full_env, limits = self._prepare(args, None, None)
+        try:
+            cwd = _usable(self.path)
+            return process.Session(command, cwd=cwd, env=full_env, timeout=limits.call)
+        except CommandTimedOut as exc:
+            raise RegistryError(_describe_timeout(command, exc, limits)) from exc
+        except OSError as exc:
+            raise RegistryError(f"git could not run in {self.path}: {exc}") from exc
+
+    def describe_session_error(self, session: process.Session, exc: BaseException) -> str:
+        """What a message says when a session's read or write failed with ``exc``."""
+        limits = self._limits or GitLimits.from_environment(os.environ)
+        if isinstance(exc, CommandTimedOut):
+            return _describe_timeout(session.command, exc, limits)
+        return f"git stopped answering ({exc}): {' '.join(_redact(session.command))}"
+
+    def _prepare(
+        self, args: Sequence[str], config: Mapping[str, str] | None, env: Mapping[str, str] | None
+    ) -> tuple[list[str], dict[str, str], GitLimits]:
+        options: list[str] = []
+        for key, value in (config or {}).items():
+            options += ["-c", f"{key}={value}"]
+        command = ["git", *options, *args]
+        limits = self._limits or GitLimits.from_environment(os.environ)
+        # English messages: callers recognise some of them (a rejected push, a timeout).
+        base = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
+        full_env = {**base, **self._env, **(env or {})}
+        full_env.update(deadline_environment(full_env, limits))
+        return command, full_env, limits
 
     def remove_stale_locks(self) -> None:
         """Drop ``index.lock`` left by a git killed mid-command; only for clones we own and

@@ -15,8 +15,9 @@ import select
 import selectors
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -197,3 +198,112 @@ def _signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None
 
 def _past(moment: float | None) -> bool:
     return moment is not None and time.monotonic() >= moment
+
+
+class Session:
+    """A command kept running to talk with (``git cat-file --batch-command``), under the same
+    rules as ``run_bounded``: one overall deadline for the whole session, checked in every
+    write and read, its own process group, stopped on a deadline, an interruption or
+    ``wind_down``. Use it as a context manager; ``finish`` closes its input and waits for it."""
+
+    def __init__(
+        self, cmd: Sequence[str], *, cwd: Path | str | None, env: Mapping[str, str], timeout: float
+    ) -> None:
+        self.command = list(cmd)
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        if _past(_stop_at):
+            raise CommandTimedOut(self.command, timeout, stopping=True)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finish/__exit__
+        self._proc = subprocess.Popen(
+            self.command,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            start_new_session=True,
+        )
+        self._buffer = bytearray()
+
+    def __enter__(self) -> Session:
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        _stop(self._proc)
+        self._close_streams()
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the command's input (BrokenPipeError if it stopped reading)."""
+        assert self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
+        pending = memoryview(data)
+        while pending:
+            self._check()
+            _, ready, _ = select.select([], [fd], [], POLL_SLICE)
+            if ready:
+                pending = pending[os.write(fd, pending[: select.PIPE_BUF]) :]
+
+    def read_line(self, limit: int = 65536) -> bytes:
+        """The next line of output without its newline; EOFError at the end or past ``limit``."""
+        while (end := self._buffer.find(b"\n")) < 0:
+            if len(self._buffer) > limit:
+                raise EOFError(f"a line of output longer than {limit} bytes")
+            self._fill()
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
+
+    def read_exact(self, size: int) -> bytes:
+        return b"".join(self.read_chunks(size))
+
+    def read_chunks(self, size: int, chunk: int = 1024**2) -> Iterator[bytes]:
+        """The next ``size`` bytes of output, at most ``chunk`` at a time (never all at once)."""
+        left = size
+        while left > 0:
+            if not self._buffer:
+                self._fill(min(left, chunk))
+            piece = bytes(self._buffer[: min(left, chunk)])
+            del self._buffer[: len(piece)]
+            left -= len(piece)
+            yield piece
+
+    def finish(self) -> Completed:
+        """Close the input, wait for the command's end; its code and what it wrote to stderr."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            _wait(self._proc, self._check)
+        except BaseException:
+            _stop(self._proc)
+            raise
+        self._stderr.seek(0)
+        stderr = self._stderr.read()
+        self._close_streams()
+        return Completed(self._proc.returncode, bytes(self._buffer), stderr)
+
+    def _fill(self, want: int = 65536) -> None:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while True:
+            self._check()
+            ready, _, _ = select.select([fd], [], [], POLL_SLICE)
+            if ready:
+                data = os.read(fd, max(want, 65536))
+                if not data:
+                    raise EOFError("the command's output ended early")
+                self._buffer += data
+                return
+
+    def _check(self) -> None:
+        _check(self.command, self._deadline, self._timeout)
+
+    def _close_streams(self) -> None:
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                stream.close()
+        self._stderr.close()

@@ -25,8 +25,9 @@ from ptm.federation_trees import MAX_STATUS_BYTES, site_folders
 from ptm.gitrepo import GitRepo
 from ptm.ledger import LOG_FILE, OUTPUT_DIR, RESULTS_DIR, SEALED_FILE, STATUS_FILE, result_path
 from ptm.names import is_valid_name
+from ptm.tree_entries import Caps, CheckedTree, TreeProblem
 from ptm.tree_paths import Refused
-from ptm.treecheck import Caps, CheckedTree, TreeProblem, TreeRefused, checked_tree, write_tree
+from ptm.treecheck import TreeRefused, checked_tree, write_tree
 
 MAX_LOG_BYTES = 16 * 1024**2
 RESULT_CAPS = Caps(

@@ -3,7 +3,7 @@
 The overview, the detail view and ``ptm results`` need a few files at known places
 (``results/<task>/<site>/status.yaml``, ``tasks/<id>/task.yaml``) from dozens of branches. Each
 level of all of them is read with two git processes (``ptm.treecheck.read_folders``, sizes
-first), and each folder's entries are checked by ``ptm.treecheck.check_folder``. A path that
+first), and each folder's entries are checked by ``ptm.tree_entries.check_folder``. A path that
 leads through anything refused (a duplicate name, a link, a blob where a folder should be, a
 folder where a file should be, a listing or a file over its cap) gives a ``Refused`` naming the
 path and the rule, never an exception, so one bad branch leaves every other one readable.
@@ -17,16 +17,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ptm.gitrepo import GitRepo
-from ptm.treecheck import (
-    FILE_MODES,
-    MODE_NAMES,
-    TREE_MODE,
-    RawEntry,
-    check_folder,
-    object_sizes,
-    read_folders,
-    read_raw,
-)
+from ptm.tree_entries import FILE_MODES, MODE_NAMES, TREE_MODE, RawEntry, check_folder
+from ptm.treecheck import object_sizes, read_folders, read_raw
 
 K = TypeVar("K", bound=Hashable)
 

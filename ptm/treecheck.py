@@ -3,126 +3,76 @@
 Anyone who can push may craft trees that ``git add`` never makes (``git mktree``, ``git
 hash-object -t tree``…): names ``..`` or ``.git`` or with newlines, duplicate entries, symlinks,
 gitlinks, blobs of hundreds of megabytes that cost a few kilobytes to push, very deep or very wide
-trees. So this module reads *raw tree objects* (``git cat-file``), parses them itself (exact bytes,
-so nothing git's path printing might hide) and checks every entry before any blob is read or
-anything touches the filesystem:
+trees. So this module reads *raw tree objects* from git, has ``ptm.tree_entries`` parse and
+check every entry (names, modes, duplicates, git's order) before any blob is read or anything
+touches the filesystem, and checks sizes before contents: each blob against a cap, the total
+against a cap, tree objects too; caps on the number of entries and the depth.
 
-- names: valid UTF-8, not empty, ``.``, ``..``, no ``/``, and nothing ``ptm.outputs.name_problem``
-  refuses (``.git`` in any case and its look-alikes, control and invisible characters,
-  backslashes, names differing only in case…);
-- modes: regular files (100644, 100755) and folders only; symlinks and gitlinks are refused;
-- no two entries of one folder with the same name (or the same name up to case and Unicode
-  normalisation);
-- sizes (from ``git cat-file --batch-check``) before contents: each blob against a cap, the total
-  against a cap; tree objects too; caps on the number of entries and the depth.
-
-A ``CheckedTree`` holds only entries that passed, plus every ``TreeProblem`` found. Blob texts are
+A walk (``read_trees``) talks to one ``git cat-file --batch-command`` (``ptm.catfile``) from
+start to end: each level's sizes, then that level's listings, then every blob's size. A
+``CheckedTree`` holds only entries that passed, plus every ``TreeProblem`` found. Blob texts are
 read only for checked entries (``read_texts``), and a tree is written out (``write_tree``) only
 into a folder that does not exist yet, creating every path relative to an already opened folder
-with no-follow semantics, so nothing is ever written through a link.
+with no-follow semantics, so nothing is ever written through a link; each file is copied from
+git a chunk at a time, so a file of any size allowed never sits in memory whole.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptm.catfile import CatFile
 from ptm.errors import PtmError
 from ptm.gitrepo import GitRepo
 from ptm.gittrees import parse_batch_output
-from ptm.outputs import name_problem
+from ptm.tree_entries import (
+    FILE_MODES,
+    TREE_MODE,
+    Caps,
+    CheckedTree,
+    Entry,
+    RawEntry,
+    TreeProblem,
+    check_folder,
+    in_git_order,
+    lookup,
+    parse_tree_object,
+    shown_name,
+)
 
-FILE_MODES = frozenset({b"100644", b"100755"})
-TREE_MODE = b"40000"
-MODE_NAMES = {b"120000": "a symbolic link", b"160000": "a gitlink (submodule)"}
-OID_BYTES = 20  # SHA-1 repositories; SHA-256 ones are refused as unreadable
-READ_CHUNK_BYTES = 16 * 1024**2  # at most this many blob bytes in memory at once
+# Names of ptm.tree_entries that the agent's modules import from here.
+__all__ = [
+    "FILE_MODES",
+    "TREE_MODE",
+    "Caps",
+    "CheckedTree",
+    "Entry",
+    "RawEntry",
+    "TreeProblem",
+    "TreeRefused",
+    "checked_tree",
+    "in_git_order",
+    "lookup",
+    "object_sizes",
+    "read_folder",
+    "read_folders",
+    "read_raw",
+    "read_texts",
+    "read_trees",
+    "root_tree",
+    "shown_name",
+    "write_tree",
+]
+
+
+DEFAULT_CAPS = Caps()
 
 
 class TreeRefused(PtmError):
     """A tree could not be read at all (missing, not a tree, over a cap before any entry)."""
-
-
-@dataclass(frozen=True)
-class Caps:
-    """What one read may cost: entries, depth, and bytes per blob, in all, and per tree object."""
-
-    max_entries: int = 2000
-    max_depth: int = 16
-    max_blob_bytes: int = 50 * 1024**2
-    max_total_bytes: int = 50 * 1024**2
-    max_tree_bytes: int = 4 * 1024**2
-
-
-@dataclass(frozen=True)
-class RawEntry:
-    """One entry of a raw tree object, exactly as stored (the name is bytes)."""
-
-    mode: bytes
-    name: bytes
-    oid: str
-
-
-@dataclass(frozen=True)
-class TreeProblem:
-    """Why one entry (``path``, as safe text) was refused, with a short rule name."""
-
-    path: str
-    rule: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message} [{self.rule}]"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A checked entry: ``path`` is made of checked names joined by ``/``."""
-
-    path: str
-    oid: str
-    is_dir: bool
-    executable: bool = False
-    size: int = 0  # blobs only
-
-
-@dataclass(frozen=True)
-class CheckedTree:
-    """The entries of one tree that passed every check, and every problem found."""
-
-    oid: str
-    entries: tuple[Entry, ...]
-    problems: tuple[TreeProblem, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def files(self) -> tuple[Entry, ...]:
-        return tuple(e for e in self.entries if not e.is_dir)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(e.size for e in self.entries)
-
-    def get(self, path: str) -> Entry | None:
-        return next((e for e in self.entries if e.path == path), None)
-
-    def under(self, folder: str) -> CheckedTree:
-        """The entries below ``folder`` (paths made relative to it)."""
-        prefix = f"{folder}/"
-        inside = tuple(
-            Entry(e.path[len(prefix) :], e.oid, e.is_dir, e.executable, e.size)
-            for e in self.entries
-            if e.path.startswith(prefix)
-        )
-        found = self.get(folder)
-        return CheckedTree(found.oid if found else "", inside)
 
 
 @dataclass
@@ -138,86 +88,6 @@ class _Walk:
         self.problems.append(
             TreeProblem(f"{self.where}/{path}" if path else self.where, rule, message)
         )
-
-
-# ---- pure parsing and checking ------------------------------------------------------------
-
-
-def parse_tree_object(data: bytes) -> list[RawEntry]:
-    """Entries of a raw tree object (``<mode> <name>\\0<20-byte id>`` each); ValueError if not."""
-    entries = []
-    position = 0
-    while position < len(data):
-        space = data.index(b" ", position)
-        nul = data.index(b"\0", space)
-        end = nul + 1 + OID_BYTES
-        if end > len(data):
-            raise ValueError("truncated tree entry")
-        mode, name = data[position:space], data[space + 1 : nul]
-        entries.append(RawEntry(mode, name, data[nul + 1 : end].hex()))
-        position = end
-    return entries
-
-
-def shown_name(name: bytes) -> str:
-    """A raw name as a message may print it: quoted, every odd byte escaped."""
-    return ascii(name.decode("utf-8", "backslashreplace"))[1:-1] or "''"
-
-
-def entry_name_problem(name: bytes) -> str | None:
-    """Why a tree entry's name is refused, if it is."""
-    if not name:
-        return "is empty"
-    try:
-        text = name.decode("utf-8")
-    except UnicodeDecodeError:
-        return "is not valid UTF-8"
-    if text in (".", ".."):
-        return f"is {text!r}"
-    if "/" in text or "\0" in text:
-        return "holds a '/' or NUL, which no file name can"
-    return name_problem(text)
-
-
-def git_order_key(entry: RawEntry) -> bytes:
-    """How git sorts a tree's entries: by name, a folder as if its name ended in ``/``."""
-    return entry.name + (b"/" if entry.mode == TREE_MODE else b"")
-
-
-def in_git_order(raw: Sequence[RawEntry]) -> bool:
-    keys = [git_order_key(e) for e in raw]
-    return all(a <= b for a, b in itertools.pairwise(keys))
-
-
-def check_folder(
-    raw: Sequence[RawEntry],
-) -> tuple[list[tuple[RawEntry, str]], list[tuple[str, str, str]]]:
-    """(accepted entries with their names, problems as (name, rule, message)) for one folder."""
-    accepted: list[tuple[RawEntry, str]] = []
-    problems: list[tuple[str, str, str]] = []
-    if not in_git_order(raw):
-        # git's own tree walks (diffs, pathspecs, merges) assume this order: a crafted tree
-        # out of it could hide a change from the commits a signature check looks at.
-        problems.append(("", "order", "its entries are not in git's order (a crafted tree)"))
-    seen: dict[str, int] = {}
-    for entry in raw:
-        folded = unicodedata.normalize("NFC", entry.name.decode("utf-8", "replace")).casefold()
-        seen[folded] = seen.get(folded, 0) + 1
-    for entry in raw:
-        shown = shown_name(entry.name)
-        if (why := entry_name_problem(entry.name)) is not None:
-            problems.append((shown, "name", f"the name {why}"))
-            continue
-        text = entry.name.decode("utf-8")
-        if seen[unicodedata.normalize("NFC", text).casefold()] > 1:
-            problems.append((shown, "duplicate", "appears more than once in its folder"))
-            continue
-        if entry.mode not in FILE_MODES and entry.mode != TREE_MODE:
-            kind = MODE_NAMES.get(entry.mode, f"of mode {shown_name(entry.mode)}")
-            problems.append((shown, "mode", f"is {kind}; only regular files and folders are read"))
-            continue
-        accepted.append((entry, text))
-    return accepted, problems
 
 
 # ---- reading from git ---------------------------------------------------------------------
@@ -297,19 +167,18 @@ def read_folders(
     return found
 
 
-def lookup(entries: Iterable[RawEntry], name: str) -> list[RawEntry]:
-    """Every entry of one folder called ``name`` (a crafted tree may hold several)."""
-    wanted = name.encode("utf-8")
-    return [e for e in entries if e.name == wanted]
-
-
 def read_trees(
-    repo: GitRepo, roots: Sequence[tuple[str, str]], *, caps: Caps = Caps()
+    repo: GitRepo, roots: Sequence[tuple[str, str]], *, caps: Caps = DEFAULT_CAPS
 ) -> list[CheckedTree]:
     """Walk many trees ``(where, tree oid)`` at once, breadth first, checking each level before
-    reading the next; ``caps`` hold for each tree. Two git processes per level, whatever the
-    number of trees, and one for every blob size. A tree whose top cannot be read gets one
-    problem with rule ``unreadable`` and no entries."""
+    reading the next; ``caps`` hold for each tree. One git process for the whole walk, whatever
+    the number of trees and levels. A tree whose top cannot be read gets one problem with rule
+    ``unreadable`` and no entries."""
+    with CatFile(repo) as cat:
+        return _walk(cat, roots, caps)
+
+
+def _walk(cat: CatFile, roots: Sequence[tuple[str, str]], caps: Caps) -> list[CheckedTree]:
     walks = [_Walk(caps, where) for where, _ in roots]
     blobs: list[list[tuple[str, RawEntry]]] = [[] for _ in roots]
     level: list[tuple[int, str, str]] = [(i, "", oid) for i, (_, oid) in enumerate(roots)]
@@ -318,7 +187,7 @@ def read_trees(
     while level:
         depth += 1
         next_level: list[tuple[int, str, str]] = []
-        for index, path, raw in _read_level(repo, walks, level, top=depth == 1):
+        for index, path, raw in _read_level(cat, walks, level, top=depth == 1):
             if index in full:
                 continue
             walk = walks[index]
@@ -341,14 +210,16 @@ def read_trees(
                 else:
                     blobs[index].append((child, entry))
         level = [item for item in next_level if item[0] not in full]
-    _check_blobs(repo, walks, blobs)
+    _check_blobs(cat, walks, blobs)
     return [
         CheckedTree(oid, tuple(sorted(w.entries, key=lambda e: e.path)), tuple(w.problems))
         for w, (_, oid) in zip(walks, roots, strict=True)
     ]
 
 
-def checked_tree(repo: GitRepo, tree_oid: str, *, where: str, caps: Caps = Caps()) -> CheckedTree:
+def checked_tree(
+    repo: GitRepo, tree_oid: str, *, where: str, caps: Caps = DEFAULT_CAPS
+) -> CheckedTree:
     """``read_trees`` for one tree; TreeRefused when the tree itself cannot be read."""
     (found,) = read_trees(repo, [(where, tree_oid)], caps=caps)
     if found.problems and found.problems[0].rule == "unreadable":
@@ -363,9 +234,9 @@ def _join(folder: str, name: str) -> str:
 
 
 def _read_level(
-    repo: GitRepo, walks: list[_Walk], level: list[tuple[int, str, str]], *, top: bool
+    cat: CatFile, walks: list[_Walk], level: list[tuple[int, str, str]], *, top: bool
 ) -> list[tuple[int, str, list[RawEntry]]]:
-    sizes = object_sizes(repo, [oid for _, _, oid in level])
+    sizes = cat.info([oid for _, _, oid in level])
     wanted: list[tuple[int, str, str]] = []
     for (index, path, oid), info in zip(level, sizes, strict=True):
         rule = "unreadable" if top else "missing"
@@ -379,7 +250,7 @@ def _read_level(
             wanted.append((index, path, oid))
     contents = []
     for (index, path, _), data in zip(
-        wanted, read_raw(repo, [oid for _, _, oid in wanted]), strict=True
+        wanted, cat.contents([oid for _, _, oid in wanted]), strict=True
     ):
         try:
             contents.append((index, path, parse_tree_object(data or b"")))
@@ -389,11 +260,9 @@ def _read_level(
     return contents
 
 
-def _check_blobs(
-    repo: GitRepo, walks: list[_Walk], blobs: list[list[tuple[str, RawEntry]]]
-) -> None:
+def _check_blobs(cat: CatFile, walks: list[_Walk], blobs: list[list[tuple[str, RawEntry]]]) -> None:
     flat = [(index, path, entry) for index, items in enumerate(blobs) for path, entry in items]
-    sizes = object_sizes(repo, [entry.oid for _, _, entry in flat])
+    sizes = cat.info([entry.oid for _, _, entry in flat])
     for (index, path, entry), info in zip(flat, sizes, strict=True):
         walk = walks[index]
         if info is None or info[0] != "blob":
@@ -424,6 +293,7 @@ def write_tree(repo: GitRepo, tree: CheckedTree, dest: Path, *, file_mode: int =
 
     Every folder is created with ``mkdir`` relative to its already opened parent, every file
     with ``O_CREAT | O_EXCL | O_NOFOLLOW``: nothing is written through a link or over anything.
+    Each file is copied from git a chunk at a time (one git process for the whole tree).
     """
     dest.mkdir(mode=0o700)
     folders = {"": os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)}
@@ -435,11 +305,12 @@ def write_tree(repo: GitRepo, tree: CheckedTree, dest: Path, *, file_mode: int =
                 flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                 folders[entry.path] = os.open(name, flags, dir_fd=folders[parent])
                 os.fchmod(folders[entry.path], 0o755)
-        for batch in _batches(tree.files):
-            for entry, data in zip(batch, read_raw(repo, [e.oid for e in batch]), strict=True):
-                parent, name = _split(entry.path)
-                mode = file_mode | (0o111 if entry.executable else 0)
-                _write_new(folders[parent], name, data or b"", mode)
+        if tree.files:
+            with CatFile(repo) as cat:
+                for entry in tree.files:
+                    parent, name = _split(entry.path)
+                    mode = file_mode | (0o111 if entry.executable else 0)
+                    _copy_new(cat, entry.oid, folders[parent], name, mode)
     finally:
         for fd in folders.values():
             os.close(fd)
@@ -451,22 +322,10 @@ def _split(path: str) -> tuple[str, str]:
     return parent, name
 
 
-def _batches(files: Sequence[Entry]) -> Iterable[list[Entry]]:
-    batch: list[Entry] = []
-    size = 0
-    for entry in files:
-        if batch and size + entry.size > READ_CHUNK_BYTES:
-            yield batch
-            batch, size = [], 0
-        batch.append(entry)
-        size += entry.size
-    if batch:
-        yield batch
-
-
-def _write_new(folder_fd: int, name: str, data: bytes, mode: int) -> None:
+def _copy_new(cat: CatFile, oid: str, folder_fd: int, name: str, mode: int) -> None:
+    """A new file ``name`` in ``folder_fd`` holding blob ``oid`` (empty if it went missing)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(name, flags, 0o600, dir_fd=folder_fd)
     with os.fdopen(fd, "wb") as stream:
-        stream.write(data)
+        cat.copy(oid, stream.write)
         os.fchmod(stream.fileno(), mode)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from ptm import process
+from ptm.errors import CommandTimedOut
 from ptm.gitrepo import GitRepo
-from ptm.treecheck import (
-    Caps,
-    TreeRefused,
-    checked_tree,
-    entry_name_problem,
-    parse_tree_object,
-    read_texts,
-    write_tree,
-)
+from ptm.tree_entries import Caps, entry_name_problem, parse_tree_object
+from ptm.treecheck import TreeRefused, checked_tree, read_texts, write_tree
 from tests import crafted
 from tests.crafted import EXEC, FILE, GITLINK, LINK, TREE
 
@@ -208,3 +205,24 @@ def test_a_folder_out_of_git_order_is_a_problem(repo: Path) -> None:
     sub = crafted.tree(repo, [(FILE, b"x", one)])
     canonical = crafted.tree(repo, [(FILE, b"a.txt", one), (TREE, b"a", sub)])
     assert problems_of(repo, canonical) == []
+
+
+def test_a_walk_is_one_git_process_however_deep(repo: Path, tmp_path: Path) -> None:
+    files = {"/".join(f"d{n}" for n in range(depth)) + "/f.txt": b"x" for depth in range(1, 9)}
+    tree = crafted.tree_of(repo, files)
+    trace = tmp_path / "trace.txt"
+    found = checked_tree(GitRepo(repo, env={"GIT_TRACE": str(trace)}), tree, where="x")
+    assert len(found.files) == 8 and found.ok
+    started = [line for line in trace.read_text().splitlines() if "built-in: git" in line]
+    assert len(started) == 1 and "cat-file --batch-command" in started[0], started
+
+
+def test_a_session_that_stops_answering_is_stopped_at_its_deadline() -> None:
+    began = time.monotonic()
+    with process.Session(["sleep", "30"], cwd=None, env=dict(os.environ), timeout=0.5) as quiet:
+        with pytest.raises(CommandTimedOut):
+            quiet.read_line()
+        pid = quiet.pid
+    assert time.monotonic() - began < 5
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
