@@ -89,6 +89,7 @@ class Agent:
         if running == 0:
             self.ledger.release_lease()  # nothing left to re-attach: a replacement may start
         self.publish()
+        self.mirror.close()
         registry = self.config.registry
         self.ssh.close(ssh_environment(registry.ssh_key, registry.known_hosts))
         return running
@@ -115,9 +116,8 @@ class Agent:
         if state.halted:
             self.log.error("halted: %s", state.halted, extra={"decision": "halted"})
             return CycleReport(None, 0, 0, self.publish(), idle=True)
-        # Over a shared SSH connection the fetch is the poll: one round trip, not two.
-        fetched = self.ssh.usable
-        head = self.mirror.fetch(polling=True) if fetched else self.mirror.remote_head()
+        polled = self.mirror.poll(state.processed)
+        head, fetched = polled.head, polled.fetched
         if head is None:
             raise RegistryError(
                 f"{self.config.registry.url}: the tasks branch "

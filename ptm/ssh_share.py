@@ -3,12 +3,14 @@
 Without it every poll pays a whole SSH handshake (key exchange, authentication). The agent
 keeps one ``ssh -M -N`` master running in the background (OpenSSH connection sharing), its
 socket in ``<workdir>/ssh/``; each git call's ``ssh`` joins it as a client
-(``ControlMaster=no``), so a poll costs one short ``ls-remote``. A client finds no master (not
-started yet, gone with the network) and simply connects on its own, so sharing never decides
-whether a call works, and every call keeps its deadline (ptm.gitrepo). The master is asked
-to exit when the agent stops, ends by itself when unused for a while (one a killed agent
-left, too), and is started again when it is gone. An admin's own ``GIT_SSH`` or
-``core.sshCommand`` is left alone.
+(``ControlMaster=no``), and so does the poll's long-lived ``git-upload-pack`` session
+(ptm.ref_poll, ``remote_argv``). The master passes ``GIT_PROTOCOL`` on (``SendEnv``: it, not
+the client, decides), so git talks protocol v2 where the host's sshd accepts it. A client
+finds no master (not started yet, gone with the network) and simply connects on its own, so
+sharing never decides whether a call works, and every call keeps its deadline (ptm.gitrepo).
+The master is asked to exit when the agent stops, ends by itself when unused for a while (one
+a killed agent left, too), and is started again when it is gone. An admin's own ``GIT_SSH``
+or ``core.sshCommand`` is left alone.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ def _base_command(env: Mapping[str, str]) -> str | None:
     return base or f"ssh {GitLimits.from_environment(os.environ).ssh_options()}"
 
 
+def _ssh_argv(base: str, args: list[str]) -> list[str]:
+    """``base`` (an ssh command line, as in GIT_SSH_COMMAND) run with ``args`` as git does."""
+    return ["sh", "-c", f'exec {base} "$@"', "ssh", *args]
+
+
 class SharedConnection:
     """The master connection for one registry URL; ``environment`` is what git calls use."""
 
@@ -87,6 +94,15 @@ class SharedConnection:
         command = " ".join([base, *(shlex.quote(o) for o in options)])
         return {**env, "GIT_SSH_COMMAND": command}
 
+    def remote_argv(self, env: Mapping[str, str], command: str) -> list[str] | None:
+        """argv running ``command`` on the registry's host over the shared connection, with
+        the ssh command and options git's calls use (None: no sharing here). Like git, it
+        sends ``GIT_PROTOCOL`` (protocol v2) when the host's sshd accepts it."""
+        shared = self.environment(env).get("GIT_SSH_COMMAND")
+        if shared is None or self._destination is None or not self.usable:
+            return None
+        return _ssh_argv(shared, ["-o", "SendEnv=GIT_PROTOCOL", *self._destination, command])
+
     def alive(self) -> bool:
         """Whether a master answers on the socket (a connect, no process started)."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -115,10 +131,12 @@ class SharedConnection:
         self.socket.unlink(missing_ok=True)  # a master that died without removing it
         options = ["-M", "-N", "-f", "-o", "ControlMaster=yes"]
         options += ["-o", f"ControlPersist={self.persist_s}", "-o", self._path_option()]
+        # The master decides which variables its sessions pass on: git's protocol v2 needs it.
+        options += ["-o", "SendEnv=GIT_PROTOCOL"]
         # Not process.run_bounded: once authenticated ssh forks the master into the
         # background and this process ends; ``ensure`` reaps it (poll above).
         self._starter = subprocess.Popen(
-            ["sh", "-c", f'exec {base} "$@"', "ssh", *options, *self._destination],
+            _ssh_argv(base, [*options, *self._destination]),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -136,6 +154,6 @@ class SharedConnection:
         if base is None or not self.alive():
             return
         args = ["-o", self._path_option(), "-O", "exit", *(self._destination or [])]
-        command = ["sh", "-c", f'exec {base} "$@"', "ssh", *args]
+        command = _ssh_argv(base, args)
         with contextlib.suppress(OSError, CommandTimedOut):
             process.run_bounded(command, cwd=self.folder, env=os.environ, timeout=10)

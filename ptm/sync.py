@@ -9,6 +9,7 @@ and refused for that entry alone. A task's folder is read as a checked listing p
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from ptm.errors import Problem, RegistryError, TamperingDetected
 from ptm.gitrepo import GitRepo
 from ptm.names import is_valid_name
+from ptm.ref_poll import BranchPoll, SessionCommand, repository_path, upload_pack_command
 from ptm.registry import TASKS_DIR, clone, ssh_environment
 from ptm.schema import FILE_PATH
 from ptm.ssh_share import SharedConnection
@@ -99,6 +101,15 @@ def diff_index(old: TasksIndex | None, new: TasksIndex) -> list[TaskChange]:
 
 
 @dataclass(frozen=True)
+class Polled:
+    """A poll's answer: the branch's head on the registry (None: no such branch), and whether
+    it was fetched already."""
+
+    head: str | None
+    fetched: bool
+
+
+@dataclass(frozen=True)
 class TaskSnapshot:
     """One task folder at one commit: its checked listing and documents, and every problem."""
 
@@ -168,6 +179,7 @@ class TasksMirror:
         self.known_hosts = known_hosts
         self._index: TasksIndex | None = None  # the last one read: the next cycle's "before"
         self.share: SharedConnection | None = None  # one SSH connection for every call
+        self._branch_poll: BranchPoll | None = None
 
     def _env(self) -> dict[str, str]:
         env = ssh_environment(self.ssh_key, self.known_hosts)
@@ -197,6 +209,40 @@ class TasksMirror:
     def remote_head(self) -> str | None:
         """One cheap ``ls-remote``: the branch head on the registry, or None if it is missing."""
         return GitRepo(self.path.parent, env=self._env()).remote_head(self.url, self.branch)
+
+    def poll(self, processed: str | None) -> Polled:
+        """The registry's head for a cycle. Over a shared SSH connection the open ls-refs
+        session answers (no process started) and only a head other than ``processed`` is
+        fetched; without that session the fetch is the poll. Otherwise one ``ls-remote``."""
+        if self.share is None:
+            return Polled(self.remote_head(), fetched=False)
+        answer = self.branch_poll.head()
+        if answer is not None and answer.oid is not None and answer.oid == processed:
+            return Polled(answer.oid, fetched=False)
+        return Polled(self.fetch(polling=True), fetched=True)
+
+    @property
+    def branch_poll(self) -> BranchPoll:
+        if self._branch_poll is None:
+            self._branch_poll = BranchPoll(self.url, self.branch, self.session_command)
+        return self._branch_poll
+
+    def session_command(self) -> SessionCommand | None:
+        """git-upload-pack over the shared connection, once its master is up."""
+        path = repository_path(self.url)
+        if self.share is None or path is None or not self.share.alive():
+            return None
+        env = ssh_environment(self.ssh_key, self.known_hosts)
+        argv = self.share.remote_argv(env, upload_pack_command(path))
+        if argv is None:
+            return None
+        shared = self.share.environment(env)
+        return SessionCommand(argv, {**os.environ, **shared, "GIT_PROTOCOL": "version=2"})
+
+    def close(self) -> None:
+        """End the ls-refs session (the agent stops)."""
+        if self._branch_poll is not None:
+            self._branch_poll.close()
 
     def fetch(self, *, polling: bool = False) -> str:
         """Fetch the tasks branch; ``polling``: as the poll itself, which most often brings

@@ -70,8 +70,12 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
 
 
 @contextmanager
-def running_sshd(folder: Path, authorized_keys: list[str]) -> Iterator[SshServer]:
-    """An sshd on a free loopback port that admits exactly ``authorized_keys``."""
+def running_sshd(
+    folder: Path, authorized_keys: list[str], *, git_protocol: bool = True
+) -> Iterator[SshServer]:
+    """An sshd on a free loopback port that admits exactly ``authorized_keys``; with
+    ``git_protocol`` it accepts git's ``GIT_PROTOCOL`` variable (protocol v2), as GitHub's and
+    GitLab's do (``AcceptEnv GIT_PROTOCOL``)."""
     if not SSHD.exists():
         unavailable("no OpenSSH server (run scripts/git-peers packages)")
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,7 @@ def running_sshd(folder: Path, authorized_keys: list[str]) -> Iterator[SshServer
         f"PidFile {folder / 'sshd.pid'}\nAuthorizedKeysFile {folder / 'authorized_keys'}\n"
         "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nAllowTcpForwarding no\nX11Forwarding no\n"
-        "LogLevel VERBOSE\n"
+        "LogLevel VERBOSE\n" + ("AcceptEnv GIT_PROTOCOL\n" if git_protocol else "")
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
