@@ -89,7 +89,6 @@ class Agent:
         if running == 0:
             self.ledger.release_lease()  # nothing left to re-attach: a replacement may start
         self.publish()
-        self.mirror.close()
         registry = self.config.registry
         self.ssh.close(ssh_environment(registry.ssh_key, registry.known_hosts))
         return running

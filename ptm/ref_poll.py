@@ -1,16 +1,18 @@
-"""The tasks branch's head from one long-lived ``git-upload-pack`` (git protocol v2).
+"""The tasks branch's head asked with git protocol v2's ``ls-refs``, with no local process.
 
-A poll that starts ``git fetch`` costs a git process and an ssh client each time (15-25 ms of
-CPU). Instead the agent keeps one ``git-upload-pack`` session open on the registry's host over
-the shared SSH connection (ptm.ssh_share); each poll writes one ``ls-refs`` request and reads the
-answer, and only a head that moved is fetched. The server must pass ``GIT_PROTOCOL`` on (sshd's
-``AcceptEnv GIT_PROTOCOL``); one that answers in protocol v0 is recognised from its first line,
-and the agent then fetches at every poll as before.
+A poll that runs ``git fetch`` over the shared SSH connection starts a git process and an ssh
+client each time (15-25 ms of CPU). Instead each poll opens a session on the agent's master
+connection itself (ptm.ssh_mux), runs ``git-upload-pack '<path>'`` there (quoted as git
+quotes it, so gitolite and git-shell see what they know), reads the greeting, sends one
+``ls-refs`` for the branch and a flush, and reads the answer: only a head that moved is
+fetched. The host's sshd must pass ``GIT_PROTOCOL`` on (``AcceptEnv GIT_PROTOCOL``); one that
+answers in protocol v0 is recognised from its first line, and the agent then fetches at every
+poll as before.
 
-The server may be hostile: each read has a deadline, pkt-lines are parsed strictly (four hex
-digits, 5 to 65520 bytes), an answer is capped in lines and bytes, an object id is 40 lowercase
-hex digits. Anything else ends the session (its process group is killed) and that poll falls
-back to a fetch; a new session is tried later, with a growing pause.
+The host may be hostile: the whole exchange has one deadline, pkt-lines are parsed strictly
+(four lowercase hex digits, 5 to 65520 bytes), an answer is capped in lines and bytes, an
+object id is 40 lowercase hex digits. Anything else ends the session and that poll falls back
+to a fetch, with a warning; the next ``ls-refs`` is tried after a pause that grows.
 """
 
 from __future__ import annotations
@@ -20,24 +22,23 @@ import logging
 import os
 import re
 import select
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote
 
 from ptm import process
 from ptm.console import printable
 from ptm.errors import PtmError
+from ptm.ssh_mux import MuxRefused, MuxSession, NoMaster, open_session
 from ptm.urls import redact_url
 
 LARGE_PACKET_MAX = 65520  # git's limit for one pkt-line, its 4 length digits included
 MAX_LINES = 1024  # per answer: ls-refs for one prefix names a handful of refs
 MAX_ANSWER_BYTES = 256 * 1024
 MAX_STDERR_BYTES = 2048  # what is kept of the server's messages, for a warning
-OPEN_DEADLINE_S = 10.0  # the host starts git-upload-pack and advertises its capabilities
-ANSWER_DEADLINE_S = 5.0
+ANSWER_DEADLINE_S = 10.0  # a whole poll: the host starts git-upload-pack, greets, answers
 FIRST_RETRY_S = 5.0
 MAX_RETRY_S = 600.0
 READ_SLICE_S = 0.1  # how often a waiting read looks at the agent's stop
@@ -74,10 +75,12 @@ class BranchHead:
 
 @dataclass(frozen=True)
 class SessionCommand:
-    """How to start ``git-upload-pack`` on the registry's host: argv and whole environment."""
+    """How to reach ``git-upload-pack``: the shared connection's control socket, the remote
+    command (quoted as git quotes it) and the variables to pass (``NAME=value``)."""
 
-    argv: Sequence[str]
-    env: Mapping[str, str]
+    socket: Path
+    remote: str
+    env: tuple[str, ...]
 
 
 def git_quoted(text: str) -> str:
@@ -171,79 +174,70 @@ def head_in(lines: Sequence[bytes], ref: str) -> str | None:
     return found.decode() if found is not None else None
 
 
-class UploadPackSession:
-    """One running ``git-upload-pack`` (an ssh client in its own process group) and the bytes
-    read from it that no answer used yet."""
+class UploadPackReader:
+    """The host's side of one ``git-upload-pack`` session: strict, bounded pkt-line reads
+    from its stdout within one deadline; what it says on stderr is kept for a warning."""
 
-    def __init__(self, command: SessionCommand) -> None:
-        self._proc = subprocess.Popen(
-            list(command.argv),
-            env=dict(command.env),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        assert self._proc.stdin and self._proc.stdout and self._proc.stderr
-        self._in, self._out = self._proc.stdin.fileno(), self._proc.stdout.fileno()
-        self._err = self._proc.stderr.fileno()
-        for fd in (self._in, self._out, self._err):
-            os.set_blocking(fd, False)
+    def __init__(self, session: MuxSession, deadline: float, within: float) -> None:
+        self._session = session
+        self._deadline, self._within = deadline, within
         self._poller = select.poll()
-        self._poller.register(self._out, select.POLLIN)
-        self._poller.register(self._err, select.POLLIN)
+        self._poller.register(session.stdout, select.POLLIN)
+        self._poller.register(session.stderr, select.POLLIN)
         self._buffer = bytearray()
         self.stderr = bytearray()
 
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
+    def head(self, ref: str) -> str | None:
+        """Greeting, one ``ls-refs`` and a flush that ends the session: the head of ``ref``."""
+        if protocol_of(self._packet()) != 2:
+            raise NoProtocolV2("the host answered in protocol v0 (its sshd drops GIT_PROTOCOL)")
+        check_capabilities(self._lines())
+        self._send(ls_refs_request(ref) + FLUSH)
+        return head_in(self._lines(), ref)
 
-    def answer(self, within: float) -> list[bytes]:
-        """The lines up to the next flush, read within ``within`` seconds and the caps."""
-        deadline = time.monotonic() + within
+    def said(self) -> str:
+        """The host's last words on stderr, as one printable line."""
+        with contextlib.suppress(OSError):
+            for _ in range(4):  # a little more may be waiting; never more than the cap
+                if not self._take(self._session.stderr):
+                    break
+        return printable(self.stderr.decode("utf-8", "replace").strip()[-300:])
+
+    def _lines(self) -> list[bytes]:
+        """The lines up to the next flush, within the deadline and the caps."""
         lines: list[bytes] = []
         total = 0
-        while True:
-            found = split_packet(self._buffer)
-            if found is None:
-                self._fill(deadline, within)
-                continue
-            payload, used = found
-            del self._buffer[:used]
-            if not payload:
-                return lines
+        while payload := self._packet():
             lines.append(payload)
-            total += used
+            total += len(payload) + 5
             if len(lines) > MAX_LINES or total > MAX_ANSWER_BYTES:
                 raise ProtocolViolation(
                     f"an answer of over {MAX_LINES} lines or {MAX_ANSWER_BYTES} bytes"
                 )
+        return lines
 
-    def first_line(self, within: float) -> bytes:
-        """The first line of the host's greeting (the rest stays buffered)."""
-        deadline = time.monotonic() + within
+    def _packet(self) -> bytes:
         while (found := split_packet(self._buffer)) is None:
-            self._fill(deadline, within)
+            self._fill()
         payload, used = found
         del self._buffer[:used]
         return payload
 
-    def send(self, data: bytes) -> None:
-        """Write a request (far below the pipe's size: it never waits)."""
+    def _send(self, data: bytes) -> None:
+        """Write a request (far below a pipe's size: it never waits)."""
         try:
-            written = os.write(self._in, data)
-        except (BrokenPipeError, BlockingIOError) as exc:
+            written = os.write(self._session.stdin, data)
+        except OSError as exc:
             raise SessionLost(f"the session takes no request ({exc})") from exc
         if written != len(data):
-            raise SessionLost("the session takes no more requests (its input is full)")
+            raise SessionLost("the session takes no request (its input is full)")
 
-    def _fill(self, deadline: float, within: float) -> None:
-        """Read what is there, waiting until ``deadline`` (SessionLost after it)."""
+    def _fill(self) -> None:
+        """Wait for more of the answer until the deadline (SessionLost after it)."""
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if remaining <= 0:
-                raise SessionLost(f"no answer within {within:g} s")
+                raise SessionLost(f"no answer within {self._within:g} s")
             if process.winding_down():
                 raise SessionLost("the agent is stopping")
             events = self._poller.poll(1000 * min(remaining, READ_SLICE_S))
@@ -252,64 +246,37 @@ class UploadPackSession:
 
     def _read(self, fd: int) -> bool:
         """Take one chunk from ``fd``; True when the answer's buffer grew."""
+        if fd == self._session.stderr:
+            if not self._take(fd):
+                self._poller.unregister(fd)
+            return False
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
             return False
-        if fd == self._err:
-            if not chunk:
-                self._poller.unregister(fd)
-            self.stderr = (self.stderr + chunk)[-MAX_STDERR_BYTES:]
-            return False
         if not chunk:
-            raise SessionEnded("the session ended")
+            raise SessionEnded("the session ended before its answer")
         self._buffer += chunk
         return True
 
-    def end(self, *, politely: bool) -> None:
-        """End the session: a flush asks the server to finish; then its process group is
-        stopped, and the process waited for."""
-        if politely and self._proc.poll() is None:
-            with contextlib.suppress(PtmError):
-                self.send(FLUSH)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._close_input()
-                self._proc.wait(timeout=1.0)
-        if self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-
-    def _close_input(self) -> None:
-        if self._proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self._proc.stdin.close()
-
-
-def open_session(command: SessionCommand, within: float) -> UploadPackSession:
-    """Start ``git-upload-pack`` and read its greeting: NoProtocolV2 for a v0 host."""
-    session = UploadPackSession(command)
-    try:
-        if protocol_of(session.first_line(within)) != 2:
-            raise NoProtocolV2("the host answered in protocol v0 (its sshd drops GIT_PROTOCOL)")
-        check_capabilities(session.answer(within))
-    except BaseException:
-        session.end(politely=False)
-        raise
-    return session
+    def _take(self, fd: int) -> bool:
+        """One chunk of stderr into the capped tail; False at its end."""
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        self.stderr = (self.stderr + chunk)[-MAX_STDERR_BYTES:]
+        return bool(chunk)
 
 
 class BranchPoll:
-    """The head of one branch, asked of one session kept open across polls.
+    """The head of one branch, asked in a new ``git-upload-pack`` session at each poll.
 
-    ``head`` returns None whenever the session cannot answer this time (none yet, just ended,
-    broken, v2 unavailable): the caller then fetches, as it would without a session.
-    ``command`` says how to start one, or None while that is not possible (no shared SSH
-    connection yet)."""
+    Not one session kept open: git-upload-pack reads the refs once and keeps them for its
+    lifetime (git's files backend caches loose refs), so a long-lived session would never see
+    a push. ``head`` returns None whenever no answer can be had this time (no shared
+    connection, a broken or silent host, v2 unavailable): the caller then fetches, as it would
+    without. ``command`` says how to reach the host, or None while that is not possible."""
 
     def __init__(
         self,
@@ -317,86 +284,69 @@ class BranchPoll:
         branch: str,
         command: Callable[[], SessionCommand | None],
         *,
-        open_within: float = OPEN_DEADLINE_S,
-        answer_within: float = ANSWER_DEADLINE_S,
+        within: float = ANSWER_DEADLINE_S,
+        retry_after: float = FIRST_RETRY_S,
     ) -> None:
         self.shown = redact_url(url)
         self.ref = f"refs/heads/{branch}"
         self._command = command
-        self._open_within = open_within
-        self._answer_within = answer_within
-        self._session: UploadPackSession | None = None
+        self._within = within
         self._retry_at = 0.0
-        self._pause = FIRST_RETRY_S
-        self._polls = 0
+        self._first_pause = self._pause = retry_after
         self.unavailable: str | None = None  # why v2 is not used for good (None: it is)
-
-    @property
-    def session_pid(self) -> int | None:
-        return self._session.pid if self._session is not None else None
 
     def head(self) -> BranchHead | None:
         """The branch's head as the registry says now; None: fetch instead this time."""
-        session = self._session or self._open()
-        if session is None:
-            return None
-        try:
-            session.send(ls_refs_request(self.ref))
-            oid = head_in(session.answer(self._answer_within), self.ref)
-        except (SessionLost, ProtocolViolation) as exc:
-            self._failed(exc, session)
-            return None
-        self._pause = FIRST_RETRY_S
-        return BranchHead(oid)
-
-    def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            session.end(politely=True)
-
-    def _open(self) -> UploadPackSession | None:
-        # A session pays off over repeated polls only: the first one (all of 'agent once')
-        # is a fetch.
-        self._polls += 1
-        if self._polls < 2 or self.unavailable is not None or time.monotonic() < self._retry_at:
+        if self.unavailable is not None or time.monotonic() < self._retry_at:
             return None
         command = self._command()
         if command is None:
             return None
+        deadline = time.monotonic() + self._within
         try:
-            self._session = open_session(command, self._open_within)
+            session = open_session(command.socket, command.remote, command.env, deadline=deadline)
+        except NoMaster:
+            return None  # the fetch connects on its own meanwhile
+        except MuxRefused as exc:
+            self._failed(exc, "")
+            return None
+        try:
+            return self._ask(UploadPackReader(session, deadline, self._within))
+        finally:
+            session.close()
+
+    def _ask(self, reader: UploadPackReader) -> BranchHead | None:
+        try:
+            oid = reader.head(self.ref)
         except NoProtocolV2 as exc:
             self._give_up(str(exc))
-        except (SessionLost, ProtocolViolation, OSError) as exc:
-            self._failed(exc, None)
-        return self._session
+            return None
+        except (SessionLost, ProtocolViolation) as exc:
+            self._failed(exc, reader.said())
+            return None
+        self._pause = self._first_pause
+        return BranchHead(oid)
 
     def _give_up(self, why: str) -> None:
         self.unavailable = why
         log.info(
-            "%s: no git protocol v2 session for polling (%s); each poll runs a git fetch "
-            "instead (about 15-25 ms of CPU per poll; an sshd with 'AcceptEnv GIT_PROTOCOL' "
-            "makes an idle poll nearly free)",
+            "%s: no git protocol v2 for polling (%s); each poll runs a git fetch instead "
+            "(about 15-25 ms of CPU per poll; an sshd with 'AcceptEnv GIT_PROTOCOL' makes an "
+            "idle poll nearly free)",
             self.shown,
             why,
             extra={"decision": "polling"},
         )
 
-    def _failed(self, exc: Exception, session: UploadPackSession | None) -> None:
-        self._session = None
-        stderr = b""
-        if session is not None:
-            session.end(politely=False)
-            stderr = bytes(session.stderr)
-        said = printable(stderr.decode("utf-8", "replace").strip()[-300:])
-        # A session a host or a dropped connection ends is routine; a broken or silent one not.
-        level = logging.INFO if isinstance(exc, SessionEnded) and not stderr else logging.WARNING
+    def _failed(self, exc: Exception, said: str) -> None:
+        # A session a dropped connection ends is routine; a broken or silent one is not.
+        level = logging.INFO if isinstance(exc, SessionEnded) and not said else logging.WARNING
         if process.winding_down():
             level = logging.DEBUG
         log.log(
             level,
-            "%s: the ls-refs session for %s failed (%s%s); this poll fetches instead, a new "
-            "session is tried in %.0f s",
+            "%s: the ls-refs poll of %s failed (%s%s); this poll fetches instead, the next "
+            "ls-refs is tried in %.3g s",
             self.shown,
             self.ref,
             exc,

@@ -3,8 +3,8 @@
 Without it every poll pays a whole SSH handshake (key exchange, authentication). The agent
 keeps one ``ssh -M -N`` master running in the background (OpenSSH connection sharing), its
 socket in ``<workdir>/ssh/``; each git call's ``ssh`` joins it as a client
-(``ControlMaster=no``), and so does the poll's long-lived ``git-upload-pack`` session
-(ptm.ref_poll, ``remote_argv``). The master passes ``GIT_PROTOCOL`` on (``SendEnv``: it, not
+(``ControlMaster=no``), and the poll's ``ls-refs`` opens its session on it directly
+(ptm.ref_poll, ptm.ssh_mux). The master passes ``GIT_PROTOCOL`` on (``SendEnv``: it, not
 the client, decides), so git talks protocol v2 where the host's sshd accepts it. A client
 finds no master (not started yet, gone with the network) and simply connects on its own, so
 sharing never decides whether a call works, and every call keeps its deadline (ptm.gitrepo).
@@ -93,15 +93,6 @@ class SharedConnection:
         options = ["-o", "ControlMaster=no", "-o", self._path_option()]
         command = " ".join([base, *(shlex.quote(o) for o in options)])
         return {**env, "GIT_SSH_COMMAND": command}
-
-    def remote_argv(self, env: Mapping[str, str], command: str) -> list[str] | None:
-        """argv running ``command`` on the registry's host over the shared connection, with
-        the ssh command and options git's calls use (None: no sharing here). Like git, it
-        sends ``GIT_PROTOCOL`` (protocol v2) when the host's sshd accepts it."""
-        shared = self.environment(env).get("GIT_SSH_COMMAND")
-        if shared is None or self._destination is None or not self.usable:
-            return None
-        return _ssh_argv(shared, ["-o", "SendEnv=GIT_PROTOCOL", *self._destination, command])
 
     def alive(self) -> bool:
         """Whether a master answers on the socket (a connect, no process started)."""

@@ -9,7 +9,6 @@ and refused for that entry alone. A task's folder is read as a checked listing p
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -211,9 +210,9 @@ class TasksMirror:
         return GitRepo(self.path.parent, env=self._env()).remote_head(self.url, self.branch)
 
     def poll(self, processed: str | None) -> Polled:
-        """The registry's head for a cycle. Over a shared SSH connection the open ls-refs
-        session answers (no process started) and only a head other than ``processed`` is
-        fetched; without that session the fetch is the poll. Otherwise one ``ls-remote``."""
+        """The registry's head for a cycle. Over a shared SSH connection an ``ls-refs`` on the
+        master answers (no process started) and only a head other than ``processed`` is
+        fetched; without an answer the fetch is the poll. Otherwise one ``ls-remote``."""
         if self.share is None:
             return Polled(self.remote_head(), fetched=False)
         answer = self.branch_poll.head()
@@ -228,21 +227,12 @@ class TasksMirror:
         return self._branch_poll
 
     def session_command(self) -> SessionCommand | None:
-        """git-upload-pack over the shared connection, once its master is up."""
+        """How ls-refs reaches git-upload-pack: over the shared connection's master."""
         path = repository_path(self.url)
-        if self.share is None or path is None or not self.share.alive():
+        if self.share is None or path is None or not self.share.usable:
             return None
-        env = ssh_environment(self.ssh_key, self.known_hosts)
-        argv = self.share.remote_argv(env, upload_pack_command(path))
-        if argv is None:
-            return None
-        shared = self.share.environment(env)
-        return SessionCommand(argv, {**os.environ, **shared, "GIT_PROTOCOL": "version=2"})
-
-    def close(self) -> None:
-        """End the ls-refs session (the agent stops)."""
-        if self._branch_poll is not None:
-            self._branch_poll.close()
+        env = ("GIT_PROTOCOL=version=2",)
+        return SessionCommand(self.share.socket, upload_pack_command(path), env)
 
     def fetch(self, *, polling: bool = False) -> str:
         """Fetch the tasks branch; ``polling``: as the poll itself, which most often brings

@@ -109,6 +109,12 @@ def running_sshd(
         process.wait(timeout=20)
 
 
+def forced_command(key_line: str, command: str) -> str:
+    """An authorized_keys line that runs ``command`` for every session of ``key_line``
+    (the client's command in SSH_ORIGINAL_COMMAND), as gitolite's lines do."""
+    return f'command="{command}",no-port-forwarding,no-X11-forwarding,no-pty {key_line}'
+
+
 @dataclass(frozen=True)
 class GitoliteHost:
     home: Path
