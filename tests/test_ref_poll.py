@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
+from ptm.agent import Agent
 from ptm.ref_poll import (
     BranchHead,
     BranchPoll,
@@ -28,9 +30,11 @@ from ptm.ref_poll import (
     upload_pack_command,
 )
 from ptm.registry import init_registry, ssh_environment
+from ptm.runtimes.docker import DockerRuntime
+from ptm.siteconfig import load_site_config
 from ptm.ssh_share import SharedConnection
 from ptm.sync import Polled, TasksMirror
-from tests.agent_support import Researcher
+from tests.agent_support import Researcher, write_site_config
 from tests.ssh_servers import SshServer, forced_command, make_ssh_key, running_sshd
 
 OID = "0123456789abcdef0123456789abcdef01234567"
@@ -349,3 +353,75 @@ def test_a_hostile_host_gives_a_bounded_fallback_with_one_warning(
             time.sleep(0.15)
             assert poll.head() == BranchHead(head), mode  # the trap is spent: answered again
         wait_for(lambda: not upload_packs(polled.registry), "the end of every remote session")
+
+
+# ---- the agent -----------------------------------------------------------------------------
+
+
+@contextmanager
+def ssh_site(tmp_path: Path, *, hostile: bool = False) -> Iterator[tuple[Agent, Remote]]:
+    """An agent for a registry behind a real sshd, its shared connection up."""
+    with polled_registry(tmp_path, hostile=hostile) as remote:
+        path = write_site_config(tmp_path, "hospital-a", Path("/unused"))
+        document = yaml.safe_load(path.read_text())
+        keys = tmp_path / "keys" / "site"
+        registry = {"url": remote.mirror.url, "ssh_key": str(keys), "branch": "main"}
+        document["registry"] = {**registry, "known_hosts": str(tmp_path / "known_hosts")}
+        document["workdir"] = str(tmp_path / "w")
+        path.write_text(yaml.safe_dump(document))
+        agent = Agent(load_site_config(path), DockerRuntime(None))
+        agent.start()
+        agent.once()
+        wait_for(agent.ssh.alive, "the agent's shared connection")
+        yield agent, remote
+
+
+def processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.docker
+def test_an_idle_agent_cycle_starts_no_process_a_push_is_run_and_stop_leaves_none(
+    tmp_path: Path, test_image: str
+) -> None:
+    with ssh_site(tmp_path) as (agent, remote):
+        agent.cycle()  # reaps the master's starter (ssh -f's parent, started by agent.once)
+        before = children_started()
+        for _ in range(3):
+            assert agent.cycle().idle
+        assert children_started() == before  # no git, no ssh: ls-refs on the master only
+        Researcher(remote.registry, tmp_path / "researcher").submit("picked", "true")
+        report = agent.cycle()
+        assert report.new_tasks == 1 and report.started == 1
+        agent.drain()
+        agent.publish()
+        record = agent.ledger.status_of("picked")
+        assert record is not None and record.state == "completed"
+        socket_path = str(agent.ssh.socket)
+        assert processes_naming(socket_path)  # the master
+        agent.hand_back()
+        wait_for(lambda: not processes_naming(socket_path), "the master's end")
+        wait_for(lambda: not upload_packs(remote.registry), "the end of every git-upload-pack")
+
+
+@pytest.mark.docker
+def test_a_hostile_answer_costs_one_warning_and_the_agent_still_runs_the_task(
+    tmp_path: Path, test_image: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ssh_site(tmp_path, hostile=True) as (agent, remote):
+        remote.arm("bad-hex")
+        Researcher(remote.registry, tmp_path / "researcher").submit("despite", "true")
+        with caplog.at_level(logging.INFO, logger="ptm.ref_poll"):
+            agent.once()
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warned) == 1 and "pkt-line length" in warned[0]
+        record = agent.ledger.status_of("despite")
+        assert record is not None and record.state == "completed"
+        agent.hand_back()
