@@ -14,6 +14,7 @@ and the same with the sandbox's options. Needs a Docker engine and the test imag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -71,19 +74,44 @@ class StartEvents:
         self._stream.close()
 
 
-def site_config(folder: Path, registry: Path, poll: int) -> Path:
-    document = {
+def site_document(registry: dict[str, str], workdir: Path, poll: float) -> dict[str, Any]:
+    """The bench site's config: trivial tasks of the test image, unsigned, never pulled."""
+    return {
         "ptm": 1,
         "site": SITE,
-        "registry": {"url": str(registry)},
-        "workdir": str(folder / "work"),
+        "registry": registry,
+        "workdir": str(workdir),
         "poll_interval": poll,
         "policy": {"allowed_images": ["ptm-test/.*:.*"], "require_signed_tasks": False},
         "runtime": {"pull": "never"},
     }
+
+
+def site_config(folder: Path, registry: Path, poll: float) -> Path:
     path = folder / "site.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(yaml.safe_dump(site_document({"url": str(registry)}, folder / "work", poll)))
     return path
+
+
+@contextmanager
+def running_agent(
+    folder: Path, config: Path, client: docker.DockerClient, *, options: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``ptm agent run`` (its log in ``folder/agent.log``), after its first cycle; it is
+    stopped (SIGTERM) and its containers removed at the end."""
+    with open(folder / "agent.log", "wb") as log:
+        agent = subprocess.Popen(
+            [*AGENT_RUN, "--config", str(config), *options], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        workdir = WorkDir(Path(yaml.safe_load(config.read_text())["workdir"]))
+        wait_until(lambda: workdir.load_state().processed, 60, "the agent's first cycle")
+        yield agent
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+        for container in client.containers.list(all=True, filters={"label": f"ptm.site={SITE}"}):
+            container.remove(force=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -91,6 +119,27 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = sum(int(f) for f in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of ``pid`` and of every live process below it (children not yet waited
+    for, such as a long-running helper, count too)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(current)
+        todo += parents.get(current, [])
+    return total
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:
@@ -147,37 +196,27 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, float]:
     tasks = StartEvents(client, "ptm.task")
     floors = StartEvents(client, FLOOR_KEY)
     config = site_config(folder, registry, args.poll)
-    with open(folder / "agent.log", "wb") as log:
-        agent = subprocess.Popen(
-            [*AGENT_RUN, "--config", str(config), "--log-format", "json", "-v"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    options = ["--log-format", "json", "-v"]
     try:
-        workdir = WorkDir(folder / "work")
-        wait_until(lambda: workdir.load_state().processed, 60, "the agent's first cycle")
-        time.sleep(1)
-        cpu_before, wall_before = cpu_seconds(agent.pid), time.monotonic()
-        time.sleep(args.idle)
-        idle_cpu = (cpu_seconds(agent.pid) - cpu_before) / (time.monotonic() - wall_before)
-        pickups, steps = [], []
-        for n in range(args.pickups):
-            task_id = f"pickup-{n}"
-            pushed = push_task(work, registry, task_id)
-            started = tasks.wait(task_id)
-            pickups.append(started - pushed)
-            steps.append((pushed, task_id, started))
-            wait_until(lambda t=task_id: final_state(registry, t), 60, f"{task_id}'s result")
+        with running_agent(folder, config, client, options=options) as agent:
+            time.sleep(1)
+            cpu_before, wall_before = cpu_seconds(agent.pid), time.monotonic()
+            time.sleep(args.idle)
+            idle_cpu = (cpu_seconds(agent.pid) - cpu_before) / (time.monotonic() - wall_before)
+            pickups, steps = [], []
+            for n in range(args.pickups):
+                task_id = f"pickup-{n}"
+                pushed = push_task(work, registry, task_id)
+                started = tasks.wait(task_id)
+                pickups.append(started - pushed)
+                steps.append((pushed, task_id, started))
+                wait_until(lambda t=task_id: final_state(registry, t), 60, f"{task_id}'s result")
         floor = [floor_pickup(floors, f"bare-{n}", []) for n in range(args.pickups)]
-        options = sandbox_options(folder)
-        sandboxed = [floor_pickup(floors, f"sandbox-{n}", options) for n in range(args.pickups)]
+        sandbox = sandbox_options(folder)
+        sandboxed = [floor_pickup(floors, f"sandbox-{n}", sandbox) for n in range(args.pickups)]
     finally:
-        agent.terminate()
-        agent.wait(timeout=30)
         tasks.close()
         floors.close()
-        for container in client.containers.list(all=True, filters={"label": f"ptm.site={SITE}"}):
-            container.remove(force=True)
     breakdown = pickup_steps(folder / "agent.log", steps)
     return {
         "idle_cpu": idle_cpu,
