@@ -55,11 +55,7 @@ class ProtocolViolation(PtmError):
 
 
 class SessionLost(PtmError):
-    """The session did not answer in time, or could not start."""
-
-
-class SessionEnded(SessionLost):
-    """The session's output ended (the host or the SSH connection closed it)."""
+    """The session did not answer in time, ended before its answer, or took no request."""
 
 
 class NoProtocolV2(PtmError):
@@ -255,7 +251,7 @@ class UploadPackReader:
         except BlockingIOError:
             return False
         if not chunk:
-            raise SessionEnded("the session ended before its answer")
+            raise SessionLost("the session ended before its answer")
         self._buffer += chunk
         return True
 
@@ -339,10 +335,7 @@ class BranchPoll:
         )
 
     def _failed(self, exc: Exception, said: str) -> None:
-        # A session a dropped connection ends is routine; a broken or silent one is not.
-        level = logging.INFO if isinstance(exc, SessionEnded) and not said else logging.WARNING
-        if process.winding_down():
-            level = logging.DEBUG
+        level = logging.DEBUG if process.winding_down() else logging.WARNING
         log.log(
             level,
             "%s: the ls-refs poll of %s failed (%s%s); this poll fetches instead, the next "
