@@ -35,7 +35,14 @@ from ptm.siteconfig import load_site_config
 from ptm.ssh_share import SharedConnection
 from ptm.sync import Polled, TasksMirror
 from tests.agent_support import Researcher, write_site_config
-from tests.ssh_servers import SshServer, forced_command, make_ssh_key, running_sshd
+from tests.ssh_servers import (
+    SshServer,
+    forced_command,
+    make_ssh_key,
+    running_gitolite,
+    running_sshd,
+    ssh_command,
+)
 
 OID = "0123456789abcdef0123456789abcdef01234567"
 
@@ -425,3 +432,37 @@ def test_a_hostile_answer_costs_one_warning_and_the_agent_still_runs_the_task(
         record = agent.ledger.status_of("despite")
         assert record is not None and record.state == "completed"
         agent.hand_back()
+
+
+GITOLITE_CONF = """repo registry
+    RW+     = admin
+    R       = hospital-a
+"""
+
+
+def test_ls_refs_through_gitolite_answers_like_git(tmp_path: Path) -> None:
+    with running_gitolite(tmp_path, ["admin", "hospital-a"], GITOLITE_CONF) as host:
+        seed = tmp_path / "seed.git"
+        init_registry(seed, bare=True)
+        pinned = host.ssh.known_hosts(tmp_path / "known_hosts")
+        admin = {**os.environ, "GIT_SSH_COMMAND": ssh_command(host.keys["admin"].private, pinned)}
+        push = ["git", "push", "-q", host.url("registry"), "main:main"]
+        subprocess.run(push, cwd=seed, check=True, env=admin)
+        key = host.keys["hospital-a"].private
+        mirror = TasksMirror(
+            tmp_path / "m" / "tasks",
+            url=host.url("registry"),
+            branch="main",
+            ssh_key=key,
+            known_hosts=pinned,
+        )
+        mirror.share = share = SharedConnection(mirror.url, tmp_path / "m" / "ssh")
+        env = ssh_environment(key, pinned)
+        share.ensure(env)
+        wait_for(share.alive, "the shared connection")
+        try:
+            poll = BranchPoll(mirror.url, "main", mirror.session_command)
+            assert poll.head() == BranchHead(branch_head(host.bare("registry")))
+            assert poll.unavailable is None  # gitolite passed GIT_PROTOCOL on to git
+        finally:
+            share.close(env)
