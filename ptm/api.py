@@ -37,7 +37,6 @@ from ptm.cancellation import Cancelled, cancel_task
 from ptm.errors import PtmError, SignatureRequired
 from ptm.federation import Overview, RegistryRefs, TaskStatus
 from ptm.gitrepo import GitRepo
-from ptm.ledger import LOG_FILE, OUTPUT_DIR
 from ptm.object_commits import cancel_by_objects, submit_by_objects
 from ptm.overview_memo import OverviewMemo, memo_path
 from ptm.registry import find_registry_root, tasks_branch
@@ -51,6 +50,7 @@ from ptm.registry_cache import (
     tasks_branch_of,
 )
 from ptm.result_files import CollectedSite, collect_results, is_safe_relative_path
+from ptm.result_layout import LOG_FILE, OUTPUT_DIR
 from ptm.sealed import unseal_collected
 from ptm.status import StatusRecord
 from ptm.submission import (

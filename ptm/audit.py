@@ -26,8 +26,8 @@ from ptm.errors import PtmError
 from ptm.federation import RegistryRefs, TaskStatus, read_task_status, result_branches
 from ptm.gitrepo import GitRepo
 from ptm.history import LoggedCommit, history
-from ptm.ledger import LOG_FILE, OUTPUT_DIR, RESULTS_DIR
 from ptm.names import is_valid_name
+from ptm.result_layout import LOG_FILE, OUTPUT_DIR, RESULTS_DIR
 from ptm.signatures import (
     CommitSignature,
     cancel_signer_ok,

@@ -16,9 +16,10 @@ from ptm.encryption import EncryptionError
 from ptm.engine_wait import AgentStopping, EngineWait
 from ptm.errors import ContainerError, DeliveryError, OutputRejected, PtmError
 from ptm.gitrepo import GitRepo
-from ptm.ledger import LOG_FILE, OUTPUT_DIR, SEALED_FILE, STATUS_FILE, Ledger
+from ptm.ledger import Ledger
 from ptm.names import check_name
 from ptm.outputs import OutputReport, collect_outputs
+from ptm.result_layout import LOG_FILE, OUTPUT_DIR, SEALED_FILE, STATUS_FILE
 from ptm.runtimes.base import DEFAULT_USER, ContainerRef, ContainerSpec, ImageRef, Outcome, Runtime
 from ptm.runtimes.base import Mount as RuntimeMount
 from ptm.schema import dump_yaml, load_yaml_file

@@ -33,9 +33,9 @@ from ptm.federation_trees import (
 )
 from ptm.flatyaml import MAX_FLAT_BYTES, read_flat_fields
 from ptm.gitrepo import GitRepo
-from ptm.ledger import RESULTS_DIR, STATUS_FILE, result_path
 from ptm.names import is_valid_name
 from ptm.overview_memo import OverviewMemo, Reading
+from ptm.result_layout import RESULTS_DIR, STATUS_FILE, result_path
 from ptm.schema import MAX_DOCUMENT_BYTES, load_yaml_text
 from ptm.status import FINAL_STATES, STATES, StatusRecord
 from ptm.task import CANCEL_FILE, EVERY_SITE, TASK_FILE, TASKS_DIR, Cancellation, Task

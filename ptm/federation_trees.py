@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ptm.gitrepo import GitRepo
-from ptm.ledger import RESULTS_DIR, STATUS_FILE
 from ptm.names import is_valid_name
+from ptm.result_layout import RESULTS_DIR, STATUS_FILE
 from ptm.schema import MAX_DOCUMENT_BYTES
 from ptm.task import CANCEL_FILE, TASK_FILE, TASKS_DIR
 from ptm.tree_entries import FILE_MODES, TREE_MODE, RawEntry

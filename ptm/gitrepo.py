@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,37 @@ class GitRepo:
     ) -> bytes:
         """Run a git command that reads ``stdin`` (``cat-file --batch``…); return raw stdout."""
         return self._execute(args, None, env, stdin=stdin)
+
+    def write_blobs(
+        self, files: Mapping[str, bytes], paths: Mapping[str, Path], *, staging: Path
+    ) -> dict[str, str]:
+        """Write the blobs of ``files`` (path -> bytes) and ``paths`` (path -> a file) with one
+        ``hash-object``; the blob of each path. The bytes go through files in ``staging`` (a
+        folder of this repository's, made and removed here); a file name with a newline gets a
+        call of its own."""
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        try:
+            sources = dict(paths)
+            for n, (path, data) in enumerate(files.items()):
+                sources[path] = staging / str(n)
+                sources[path].write_bytes(data)
+            batch = [p for p, source in sources.items() if "\n" not in str(source)]
+            blobs: dict[str, str] = {}
+            if batch:
+                listed = "".join(f"{sources[p]}\n" for p in batch).encode()
+                out = self.run_with_input(
+                    "hash-object", "-w", "--no-filters", "--stdin-paths", stdin=listed
+                )
+                blobs = dict(zip(batch, out.decode().split(), strict=True))
+            for path, source in sources.items():
+                if path not in blobs:
+                    data = source.read_bytes()
+                    out = self.run_with_input("hash-object", "-w", "--stdin", stdin=data)
+                    blobs[path] = out.decode().strip()
+            return {p: blobs[p] for p in [*files, *paths]}
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _execute(
         self,
@@ -337,3 +369,26 @@ def _limit_knobs() -> str:
 def _redact(command: Sequence[str]) -> Iterator[str]:
     for part in command:
         yield "<key>" if part.startswith("user.signingKey=") else part
+
+
+def clear_stale_locks(folder: Path, names: list[str]) -> None:
+    """Remove lock files a killed git left, once no process is working in ``folder``'s repo."""
+    present = [folder / n for n in names if (folder / n).exists()]
+    if present and not _git_busy_in(folder):
+        for path in present:
+            path.unlink(missing_ok=True)
+
+
+def _git_busy_in(folder: Path) -> bool:
+    root = str(folder.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cwd = str((proc / "cwd").readlink())
+            command = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if command.startswith("git") and (cwd == root or cwd.startswith(root + "/")):
+            return True
+    return False

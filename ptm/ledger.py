@@ -18,15 +18,15 @@ tasks are never run again, but never acted on.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from ptm.adoption import adoption_unproven, status_blobs
 from ptm.errors import InvalidDocument, RegistryError
-from ptm.gitrepo import GitRepo, signing_config
+from ptm.gitrepo import GitRepo, clear_stale_locks, signing_config
 from ptm.lease import (
     AGENT_TRAILER,
     LEASE_RENEW_S,
@@ -37,6 +37,15 @@ from ptm.lease import (
     read_tip,
 )
 from ptm.registry import ssh_environment
+from ptm.result_layout import (
+    LOG_FILE,
+    OUTPUT_DIR,
+    RESULTS_DIR,
+    SEALED_FILE,
+    STATUS_FILE,
+    result_path,
+    results_branch,
+)
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.ssh_share import SharedConnection
 from ptm.status import StatusRecord
@@ -44,25 +53,12 @@ from ptm.tree_paths import read_blobs as read_capped_blobs
 from ptm.workdir import write_atomically
 
 REMOTE = "origin"
-RESULTS_DIR = "results"
-STATUS_FILE = "status.yaml"
-LOG_FILE = "log.txt"
-OUTPUT_DIR = "output"
-SEALED_FILE = "result.age"  # log and outputs, encrypted (ptm.sealed)
 UNPROVEN_FILE = "unproven.json"
 INDEX_FILE = "ptm-index"
 LEGACY_CLONE = "results"
 MAX_STATUS_BYTES = 256 * 1024
 ZERO = "0" * 40
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
-
-
-def results_branch(site: str) -> str:
-    return f"results/{site}"
-
-
-def result_path(task_id: str, site: str) -> str:
-    return f"{RESULTS_DIR}/{task_id}/{site}"
 
 
 class Ledger:
@@ -267,7 +263,7 @@ class Ledger:
             if replace is not None:
                 old = repo.run("ls-files", "-z", "--", replace, env=env, strip=False)
                 lines += [f"0 {ZERO}\t{p}" for p in old.split("\0") if p]
-            blobs = self._blobs(files, paths)
+            blobs = repo.write_blobs(files, paths, staging=self.path / "ptm-staging")
             lines += [f"100644 {blob}\t{p}" for p, blob in blobs.items()]
             repo.run_with_input(
                 "update-index",
@@ -285,34 +281,6 @@ class Ledger:
         self._index_fresh = True
         self._last_commit = time.time()
         return sha, blobs
-
-    def _blobs(self, files: Mapping[str, bytes], paths: Mapping[str, Path]) -> dict[str, str]:
-        """Write every blob of a record with one ``hash-object`` (the bytes go through files
-        in a folder of this repository first); a name with a newline gets a call of its own."""
-        staging = self.path / "ptm-staging"
-        _remove_tree(staging)
-        staging.mkdir(mode=0o700)
-        try:
-            sources = dict(paths)
-            for n, (path, data) in enumerate(files.items()):
-                sources[path] = staging / str(n)
-                sources[path].write_bytes(data)
-            batch = [p for p, source in sources.items() if "\n" not in str(source)]
-            blobs: dict[str, str] = {}
-            if batch:
-                listed = "".join(f"{sources[p]}\n" for p in batch).encode()
-                out = self.repo.run_with_input(
-                    "hash-object", "-w", "--no-filters", "--stdin-paths", stdin=listed
-                )
-                blobs = dict(zip(batch, out.decode().split(), strict=True))
-            for path, source in sources.items():
-                if path not in blobs:
-                    data = source.read_bytes()
-                    out = self.repo.run_with_input("hash-object", "-w", "--stdin", stdin=data)
-                    blobs[path] = out.decode().strip()
-            return {p: blobs[p] for p in [*files, *paths]}
-        finally:
-            _remove_tree(staging)
 
     def _commit_tree(self, tree: str, parents: list[str], message: str) -> str:
         args = ["commit-tree", tree, "-m", message]
@@ -442,55 +410,6 @@ class Ledger:
         self._move(merge, local)
 
 
-def status_blobs(repo: GitRepo, ref: str, site: str) -> dict[str, str]:
-    """task id -> blob of ``results/<task>/<site>/status.yaml`` on ``ref`` (empty if no ref)."""
-    if repo.rev_parse(ref) is None:
-        return {}
-    out = repo.run("ls-tree", "-r", "-z", "--full-tree", ref, "--", f"{RESULTS_DIR}/", strip=False)
-    found = {}
-    for record in out.split("\0"):
-        meta, _, path = record.partition("\t")
-        parts = path.split("/")
-        if len(parts) == 4 and parts[2] == site and parts[3] == STATUS_FILE and meta:
-            found[parts[1]] = meta.split(" ")[2]
-    return found
-
-
-def adoption_unproven(repo: GitRepo, tip: str, site: str, sign_key: Path | None) -> dict[str, str]:
-    """Records on an adopted branch that no commit signed with the site key wrote."""
-    blobs = status_blobs(repo, tip, site)
-    if sign_key is None or not blobs:
-        return blobs
-    public = Path(f"{sign_key}.pub")
-    if not public.is_file():
-        return blobs
-    signers = repo.path / "ptm-own-signer"
-    key = " ".join(public.read_text(encoding="utf-8").split()[:2])
-    signers.write_text(f'ptm-agent@{site} namespaces="git" {key}\n', encoding="utf-8")
-    out = repo.run(
-        "log",
-        "--format=%x1e%H %G?",
-        "--name-only",
-        tip,
-        "--",
-        f"{RESULTS_DIR}/",
-        config={"gpg.ssh.allowedSignersFile": str(signers)},
-    )
-    proven: set[str] = set()
-    decided: set[str] = set()
-    for chunk in out.split("\x1e")[1:]:
-        header, _, names = chunk.partition("\n")
-        good = header.endswith(" G")
-        for name in names.splitlines():
-            parts = name.split("/")
-            is_status = len(parts) == 4 and parts[2] == site and parts[3] == STATUS_FILE
-            if is_status and parts[1] not in decided:
-                decided.add(parts[1])
-                if good:
-                    proven.add(parts[1])
-    return {task: blob for task, blob in blobs.items() if task not in proven}
-
-
 def _parse_record(data: bytes | None, source: str) -> StatusRecord | None:
     if data is None:
         return None
@@ -511,29 +430,6 @@ def _own_files(folder: Path) -> Iterator[tuple[str, Path]]:
 def _is_rejected_push(message: str) -> bool:
     markers = ("[rejected]", "non-fast-forward", "fetch first", "Updates were rejected", "stale")
     return any(m in message for m in markers)
-
-
-def clear_stale_locks(folder: Path, names: list[str]) -> None:
-    """Remove lock files a killed git left, once no process is working in ``folder``'s repo."""
-    present = [folder / n for n in names if (folder / n).exists()]
-    if present and not _git_busy_in(folder):
-        for path in present:
-            path.unlink(missing_ok=True)
-
-
-def _git_busy_in(folder: Path) -> bool:
-    root = str(folder.resolve())
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cwd = str((proc / "cwd").readlink())
-            command = (proc / "comm").read_text().strip()
-        except OSError:
-            continue
-        if command.startswith("git") and (cwd == root or cwd.startswith(root + "/")):
-            return True
-    return False
 
 
 def _remove_tree(path: Path) -> None:

@@ -23,8 +23,15 @@ from ptm.errors import PtmError
 from ptm.federation import WAITING, RegistryRefs, TaskStatus, result_branches
 from ptm.federation_trees import MAX_STATUS_BYTES, site_folders
 from ptm.gitrepo import GitRepo
-from ptm.ledger import LOG_FILE, OUTPUT_DIR, RESULTS_DIR, SEALED_FILE, STATUS_FILE, result_path
 from ptm.names import is_valid_name
+from ptm.result_layout import (
+    LOG_FILE,
+    OUTPUT_DIR,
+    RESULTS_DIR,
+    SEALED_FILE,
+    STATUS_FILE,
+    result_path,
+)
 from ptm.tree_entries import Caps, CheckedTree, TreeProblem
 from ptm.tree_paths import Refused
 from ptm.treecheck import TreeRefused, checked_tree, write_tree

@@ -50,8 +50,8 @@ from ptm.encryption import (
     unique_keys,
 )
 from ptm.errors import InvalidDocument
-from ptm.ledger import LOG_FILE, OUTPUT_DIR, SEALED_FILE, STATUS_FILE
 from ptm.outputs import name_problem
+from ptm.result_layout import LOG_FILE, OUTPUT_DIR, SEALED_FILE, STATUS_FILE
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.siteconfig import SiteConfig
 from ptm.status import StatusRecord, load_status

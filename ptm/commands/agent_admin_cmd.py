@@ -17,7 +17,8 @@ from ptm.decisions import (
     pending_decisions,
 )
 from ptm.errors import InvalidDocument, PtmError
-from ptm.ledger import LOG_FILE, OUTPUT_DIR, Ledger
+from ptm.ledger import Ledger
+from ptm.result_layout import LOG_FILE, OUTPUT_DIR
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.site_repos import results_ledger, tasks_mirror
 from ptm.siteconfig import SiteConfig, load_site_config
