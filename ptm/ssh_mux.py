@@ -3,10 +3,11 @@
 An ``ssh`` client that joins a master (``ControlMaster=no``) does little more than hand its
 stdin, stdout and stderr to the master over the control socket, yet starting it costs about
 12 ms of CPU here. ptm speaks that small protocol itself (OpenSSH's ``PROTOCOL.mux``, version
-4, unchanged since OpenSSH 5.x): a hello each way, a new-session request naming the remote
+4, spoken since OpenSSH 5.6): a hello each way, a new-session request naming the remote
 command and the environment to pass on, then three pipe ends of ours as file descriptors, one
 per message. The master runs the command on the host over its authenticated connection and
-relays the pipes; closing the control socket ends the session. Every read has a deadline.
+relays the pipes; closing the control socket ends the session. Every read has a deadline, and
+ends early once the agent is stopping.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ptm import process
 from ptm.errors import PtmError
 
 MUX_VERSION = 4
@@ -29,6 +31,7 @@ FAILURE = 0x80000003
 SESSION_OPENED = 0x80000006
 NO_ESCAPE_CHAR = 0xFFFFFFFF
 MAX_REPLY_BYTES = 64 * 1024
+WAIT_SLICE_S = 0.1  # how often a wait for the master looks at the agent's stop
 
 
 class NoMaster(PtmError):
@@ -131,10 +134,14 @@ def _reply(control: socket.socket, deadline: float) -> bytes:
 def _exactly(control: socket.socket, size: int, deadline: float) -> bytes:
     data = bytearray()
     while len(data) < size:
-        control.settimeout(_remaining(deadline))
+        if process.winding_down():
+            raise MuxRefused("the agent is stopping")
+        control.settimeout(min(_remaining(deadline), WAIT_SLICE_S))
         try:
             chunk = control.recv(size - len(data))
-        except OSError as exc:  # socket.timeout included
+        except TimeoutError:
+            continue
+        except OSError as exc:
             raise MuxRefused(f"the shared SSH connection did not answer: {exc}") from exc
         if not chunk:
             raise MuxRefused("the shared SSH connection closed the control socket")
