@@ -2,7 +2,7 @@
 
 The overview, the detail view and ``ptm results`` need a few files at known places
 (``results/<task>/<site>/status.yaml``, ``tasks/<id>/task.yaml``) from dozens of branches. Each
-level of all of them is read with two git processes (``ptm.treecheck.read_folders``, sizes
+level of all of them is read with one git process (``ptm.treecheck.read_folders``, sizes
 first), and each folder's entries are checked by ``ptm.tree_entries.check_folder``. A path that
 leads through anything refused (a duplicate name, a link, a blob where a folder should be, a
 folder where a file should be, a listing or a file over its cap) gives a ``Refused`` naming the
@@ -16,9 +16,10 @@ from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ptm.catfile import CatFile
 from ptm.gitrepo import GitRepo
 from ptm.tree_entries import FILE_MODES, MODE_NAMES, TREE_MODE, RawEntry, check_folder
-from ptm.treecheck import object_sizes, read_folders, read_raw
+from ptm.treecheck import read_folders
 
 K = TypeVar("K", bound=Hashable)
 
@@ -217,29 +218,38 @@ def iter_blobs(
 ) -> Iterator[tuple[str, bytes | str]]:
     """(oid, contents or why not) for each blob, in order; sizes are checked first, and the
     contents are read some ``chunk_bytes`` at a time, so a caller that keeps only what it
-    needs of each holds little in memory however many there are."""
+    needs of each holds little in memory however many there are. One git process."""
+    if not oids:
+        return
+    with CatFile(repo) as cat:
+        yield from _iter_blobs(cat, oids, max_bytes, chunk_bytes)
+
+
+def _iter_blobs(
+    cat: CatFile, oids: Sequence[str], max_bytes: int, chunk_bytes: int
+) -> Iterator[tuple[str, bytes | str]]:
     chunk: list[str] = []
     size = 0
-    for oid, info in zip(oids, object_sizes(repo, oids), strict=True):
+    for oid, info in zip(oids, cat.info(oids), strict=True):
         if info is None or info[0] != "blob":
             problem = "its file object is missing or no file [missing]"
         elif info[1] > max_bytes:
             problem = f"is {info[1]} bytes, at most {max_bytes} are read [max-bytes]"
         else:
             if chunk and size + info[1] > chunk_bytes:
-                yield from _read_chunk(repo, chunk)
+                yield from _read_chunk(cat, chunk)
                 chunk, size = [], 0
             chunk.append(oid)
             size += info[1]
             continue
-        yield from _read_chunk(repo, chunk)  # keep the order of ``oids``
+        yield from _read_chunk(cat, chunk)  # keep the order of ``oids``
         chunk, size = [], 0
         yield oid, problem
-    yield from _read_chunk(repo, chunk)
+    yield from _read_chunk(cat, chunk)
 
 
-def _read_chunk(repo: GitRepo, oids: list[str]) -> Iterator[tuple[str, bytes | str]]:
-    for oid, data in zip(oids, read_raw(repo, oids), strict=True):
+def _read_chunk(cat: CatFile, oids: list[str]) -> Iterator[tuple[str, bytes | str]]:
+    for oid, data in zip(oids, cat.contents(oids), strict=True):
         yield oid, data if data is not None else "could not be read [missing]"
 
 

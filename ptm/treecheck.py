@@ -127,28 +127,31 @@ def root_tree(repo: GitRepo, commit: str) -> str:
 
 def read_folder(repo: GitRepo, tree_oid: str, *, where: str, max_bytes: int) -> list[RawEntry]:
     """The raw entries of one tree object; TreeRefused when it is missing, no tree, or too big."""
-    (info,) = object_sizes(repo, [tree_oid])
-    if info is None or info[0] != "tree":
-        raise TreeRefused(f"{where}: not a folder")
-    if info[1] > max_bytes:
-        raise TreeRefused(f"{where}: its listing is {info[1]} bytes, at most {max_bytes} are read")
-    (data,) = read_raw(repo, [tree_oid])
-    try:
-        return parse_tree_object(data or b"")
-    except ValueError as exc:
-        raise TreeRefused(f"{where}: not a well-formed tree ({exc})") from exc
+    (found,) = read_folders(repo, [tree_oid], max_bytes=max_bytes, max_total_bytes=max_bytes)
+    if isinstance(found, str):
+        raise TreeRefused(f"{where}: {found.removeprefix('is ')}")
+    return found
 
 
 def read_folders(
     repo: GitRepo, oids: Sequence[str], *, max_bytes: int, max_total_bytes: int
 ) -> list[list[RawEntry] | str]:
-    """The raw entries of many tree objects with two git processes; for each tree that is
+    """The raw entries of many tree objects with one git process; for each tree that is
     missing, no tree, over ``max_bytes``, beyond ``max_total_bytes`` in all, or malformed,
     why (a message) instead. Sizes are checked before anything is read."""
+    if not oids:
+        return []
+    with CatFile(repo) as cat:
+        return _read_folders(cat, oids, max_bytes, max_total_bytes)
+
+
+def _read_folders(
+    cat: CatFile, oids: Sequence[str], max_bytes: int, max_total_bytes: int
+) -> list[list[RawEntry] | str]:
     found: list[list[RawEntry] | str] = []
     wanted: list[tuple[int, str]] = []
     total = 0
-    for index, (oid, info) in enumerate(zip(oids, object_sizes(repo, oids), strict=True)):
+    for index, (oid, info) in enumerate(zip(oids, cat.info(oids), strict=True)):
         if info is None or info[0] != "tree":
             found.append("is not a folder")
         elif info[1] > max_bytes:
@@ -159,7 +162,7 @@ def read_folders(
             total += info[1]
             found.append([])
             wanted.append((index, oid))
-    for (index, _), data in zip(wanted, read_raw(repo, [oid for _, oid in wanted]), strict=True):
+    for (index, _), data in zip(wanted, cat.contents([oid for _, oid in wanted]), strict=True):
         try:
             found[index] = parse_tree_object(data or b"")
         except ValueError as exc:

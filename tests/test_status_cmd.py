@@ -363,17 +363,18 @@ def test_few_git_processes_whatever_the_number_of_sites(
     monkeypatch.setenv("GIT_TRACE", str(trace))
     assert ptm("status", "--no-fetch", "--registry", str(federation)) == 0
     commands = _git_processes(trace)
-    # rev-parse, for-each-ref, then one cat-file for the root trees and two per tree level
-    # (sizes, then contents) for the tasks branch (root, tasks/, task folders) and for all
-    # sites together (root, results/, task folders, site folders), two to read the files
-    assert len(commands) == 2 + (1 + 2 * 3) + (1 + 2 * 4) + 2, commands
+    # rev-parse, for-each-ref, then one cat-file for the root trees and one per tree level
+    # (a --batch-command session: sizes, then contents) for the tasks branch (root, tasks/,
+    # task folders) and for all sites together (root, results/, task folders, site folders),
+    # one to read the files
+    assert len(commands) == 2 + (1 + 3) + (1 + 4) + 1, commands
     assert sum("cat-file" in c for c in commands) == len(commands) - 2
     trace.unlink()
     assert ptm("status", "t1", "--no-fetch", "--registry", str(federation)) == 0
-    # for-each-ref, rev-parse; the roots of all branches, then two per level for the task's
+    # for-each-ref, rev-parse; the roots of all branches, then one per level for the task's
     # and every site's paths together (root, tasks/ or results/, t1/, the site's folder), and
-    # two to read task.yaml, cancel.yaml and every status.yaml
-    assert len(_git_processes(trace)) == 2 + 1 + 2 * 4 + 2
+    # one to read task.yaml, cancel.yaml and every status.yaml
+    assert len(_git_processes(trace)) == 2 + 1 + 4 + 1
     assert "site-09  completed" in capsys.readouterr().out
 
 
