@@ -25,8 +25,9 @@ with open(sys.argv[1], "w") as out:
 """
 
 
-def peak_mib(folder: Path, *args: str) -> float:
-    """Run ``ptm ARGS`` in a process of its own; its peak RSS in MiB (it must succeed)."""
+def measured(folder: Path, *args: str) -> tuple[int, str, float]:
+    """Run ``ptm ARGS`` in a process of its own: its exit code, what it printed, its peak RSS
+    in MiB."""
     out = folder / "peak.json"
     env = {**os.environ, "XDG_CACHE_HOME": str(folder / "cache")}
     done = subprocess.run(
@@ -34,18 +35,35 @@ def peak_mib(folder: Path, *args: str) -> float:
     )
     assert done.returncode == 0, done.stderr
     code, kib = json.loads(out.read_text())
-    assert code == 0, done.stderr
-    return float(kib) / 1024
+    return code, done.stdout + done.stderr, float(kib) / 1024
 
 
-def put_result(registry: Path, output_oid: str) -> None:
-    """``results/<site>`` with a completed result of t1 whose one output is ``output_oid``."""
+def peak_mib(folder: Path, *args: str) -> float:
+    code, said, mib = measured(folder, *args)
+    assert code == 0, said
+    return mib
+
+
+def site_tree(registry: Path, files: dict[str, str]) -> str:
+    """``results/<task>/<site>/`` folders from ``{"t1": {status.yaml oid}, …}``."""
+    tasks = [
+        (TREE, task.encode(), crafted.tree(registry, [(TREE, SITE.encode(), folder)]))
+        for task, folder in files.items()
+    ]
+    return crafted.tree(registry, [(TREE, b"results", crafted.tree(registry, tasks))])
+
+
+def put_result(registry: Path, output_oid: str, huge_status: str | None = None) -> None:
+    """``results/<site>``: a completed result of t1 whose one output is ``output_oid``, and
+    with ``huge_status`` a task ``huge`` whose status.yaml is that blob."""
     status = crafted.blob(registry, status_yaml("t1", SITE, "completed", exit_code=0))
     output = crafted.tree(registry, [(FILE, b"data.bin", output_oid)])
-    tree = crafted.tree(registry, [(FILE, b"status.yaml", status), (TREE, b"output", output)])
-    for name in (SITE, "t1", "results"):
-        tree = crafted.tree(registry, [(TREE, name.encode(), tree)])
-    sha = crafted.commit(registry, tree, [], "results")
+    folders = {
+        "t1": crafted.tree(registry, [(FILE, b"status.yaml", status), (TREE, b"output", output)])
+    }
+    if huge_status is not None:
+        folders["huge"] = crafted.tree(registry, [(FILE, b"status.yaml", huge_status)])
+    sha = crafted.commit(registry, site_tree(registry, folders), [], "results")
     subprocess.run(
         ["git", "update-ref", f"refs/heads/results/{SITE}", sha], cwd=registry, check=True
     )
@@ -75,3 +93,47 @@ def test_collecting_an_output_as_big_as_the_cap_allows_never_holds_it_whole(
     assert written.stat().st_size == size
     assert sha256_of(written) == hashlib.sha256(b"x" * size).hexdigest()
     assert found - floor < 64, f"collecting {size} bytes grew the peak by {found - floor:.0f} MiB"
+
+
+def put_huge_task(registry: Path, big: str) -> None:
+    """On the tasks branch of the bare ``registry``: a task ``huge`` whose task.yaml is ``big``."""
+    folder = crafted.tree(registry, [(FILE, b"task.yaml", big)])
+    tasks = crafted.replace_entries(registry, "main:tasks", b"huge", [(TREE, b"huge", folder)])
+    root = crafted.replace_entries(registry, "main^{tree}", b"tasks", [(TREE, b"tasks", tasks)])
+    parent = subprocess.run(
+        ["git", "rev-parse", "main"], cwd=registry, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    sha = crafted.commit(registry, root, [parent], "a huge task")
+    subprocess.run(["git", "update-ref", "refs/heads/main", sha], cwd=registry, check=True)
+
+
+READERS = {
+    "overview": ("status",),
+    "detail": ("status", "huge"),
+    "audit": ("audit",),
+}
+
+
+def test_status_and_audit_refuse_huge_documents_unread(
+    bare_registry: Path, registry_clone: Path, tmp_path: Path
+) -> None:
+    add_task(registry_clone, "t1", (SITE,))
+    put_result(bare_registry, crafted.blob(bare_registry, b"x"))
+    where = ("--registry", str(bare_registry))
+    floors = {name: measured(tmp_path, *args, *where)[2] for name, args in READERS.items()}
+
+    big = crafted.big_blob(bare_registry, 300 * MIB, fill=b"#")  # one long YAML comment
+    put_huge_task(bare_registry, big)
+    put_result(bare_registry, crafted.blob(bare_registry, b"x"), huge_status=big)
+    found = {name: measured(tmp_path, *args, *where) for name, args in READERS.items()}
+
+    task_refused = f"tasks/huge/task.yaml: is {300 * MIB} bytes, at most"
+    status_refused = f"results/huge/{SITE}/status.yaml: is {300 * MIB} bytes, at most"
+    assert found["overview"][0] == 0  # its table shortens the reason
+    assert f"results/huge/{SITE}/status.yaml: is {300 * MIB}" in found["overview"][1]
+    assert found["detail"][0] == 0
+    assert task_refused in found["detail"][1] and status_refused in found["detail"][1]
+    assert found["audit"][0] == 1  # a finding: the task cannot be read
+    assert task_refused in found["audit"][1] and "[max-bytes]" in found["audit"][1]
+    for name, (_, _, mib) in found.items():
+        assert mib - floors[name] < 64, f"{name} grew the peak by {mib - floors[name]:.0f} MiB"
