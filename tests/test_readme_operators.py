@@ -22,6 +22,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from ptm import __version__
 from tests.agent_support import Researcher, remote_status
 from tests.fixtures_git import SigningKey, make_signing_key, write_allowed_signers
 from tests.readme_session import assert_shown_in, blocks, run_step, section, sessions
@@ -46,11 +47,15 @@ def yaml_block(title: str, *, first_line: str) -> str:
     return "\n".join(block) + "\n"
 
 
-def sh_commands(title: str, *, after: str = "") -> list[str]:
-    """The commands of the first ``sh`` block of ``title`` after the text ``after``."""
-    text = section(title)
-    (first, *_) = blocks(text[text.index(after) :], language="sh")
-    return [line.split("#")[0].strip() for line in first if line.strip()]
+def sh_commands(title: str, *, extra: str | None = None) -> list[str]:
+    """The ``ptm`` commands of the first ``sh`` block of ``title``. An install line there must
+    install this version of ptm with ``extra`` (this test runs in an environment that has it)."""
+    (first, *_) = blocks(section(title), language="sh")
+    commands = [line.split("#")[0].strip() for line in first if line.strip()]
+    installs = [c for c in commands if not c.startswith("ptm ")]
+    wanted = f'pip install "ptm-health-train[{extra}]=={__version__}"'
+    assert installs == ([wanted] if extra else []), installs
+    return [c for c in commands if c.startswith("ptm ")]
 
 
 def ptm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -111,7 +116,7 @@ def sftp_serving(tmp_path: Path) -> Iterator[tuple[Path, str, int, Path]]:
     port, the account's incoming folder)."""
     site_key = make_ssh_key(tmp_path / "etc" / "ptm", "ttp_key")
     config = third_party(tmp_path / "ttp", site_key.public_line)
-    serve, host_key = sh_commands("### Delivery to a trusted third party")
+    serve, host_key = sh_commands("### Delivery to a trusted third party", extra="sftp")
     shown = ptm(*command_args(host_key), cwd=config.parent)
     assert shown.returncode == 0, shown.stderr
     host_key_line = shown.stdout.strip()
