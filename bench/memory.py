@@ -1,18 +1,23 @@
 """Peak memory of ptm's readers on a registry holding a 300 MiB blob, against an idle agent's.
 
-    python -m bench.memory [--mib 300]
+    python -m bench.memory [--mib 300] [--output-mib 200] [--show]
 
-Builds two bare local registries. The clean one: a task for another site, and that site's
-results branch with a completed result. The hostile one: the same, plus one blob of ``--mib``
-MiB (a single YAML comment, so only a size check stops a reader) in every place a hostile
-writer could put it: a task's ``task.yaml``, a file in a task's ``files/``, a ``cancel.yaml``, a
-``sites/`` document and the tasks branch's root; on the other site's results branch a
-``status.yaml``, an output file and the branch's root. Then it runs each command in its own
-process and reads its peak RSS from the kernel (``ru_maxrss``): ptm's own (the Python process),
-and apart from it the largest of its git children (a git process holding the blob is git's
-memory; what matters is that ptm never has git stream the blob to it, which would show in ptm's
-figure). The floor is an idle ``ptm agent once`` on the clean registry; the goal is each command
-under 64 MiB above it. Each command's figure on the clean registry is printed beside it.
+Builds bare local registries. The clean one: a task for another site, and that site's results
+branch with a completed result. The hostile one: the same, plus one blob of ``--mib`` MiB (a
+single YAML comment, so only a size check stops a reader) in every place a hostile writer could
+put it: a task's ``task.yaml``, a file in a task's ``files/``, a ``cancel.yaml``, a ``sites/``
+document and the tasks branch's root; on the other site's results branch a ``status.yaml``, an
+output file and the branch's root. Besides, files as big as the caps allow: a task with 48 MiB
+of input files (the agent accepts and runs it: this needs a Docker engine and the image
+ptm-test/busybox:latest) and an output file of ``--output-mib`` (``ptm results`` collects it).
+
+Each command runs in a process of its own, which reports its own peak RSS (``ru_maxrss``). The
+largest git process is shown apart, measured by GNU time around each git (a git holding a blob
+is git's memory; what matters is that ptm never has git stream a blob to it, which would show in
+ptm's figure; with a local registry a fetch's figure includes the serving side). The floor is an
+idle ``ptm agent once`` on a registry without tasks; the goal is each command under 64 MiB above
+it. Each command's figure on the clean registry is printed beside it; ``--show`` prints what
+each command said.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ SITE = "bench-site"
 OTHER = "evil"  # the site whose results branch the hostile registry fills
 IMAGE = "ptm-test/busybox:latest"
 GOAL_MIB = 64
+TASK_FILES_MIB = 48  # a task's files may hold 50 MiB in all: this task is accepted and run
 MEASURE = """\
 import json, resource, sys
 from ptm.main import main
@@ -97,6 +103,8 @@ def build(folder: Path, name: str, mib: int | None, output_mib: int = 0) -> Path
     big = big_blob(registry, mib * 1024**2, fill=b"#") if mib else ""
     if big:
         tasks |= {
+            "at-cap/task.yaml": blob(registry, task_text(SITE)),
+            "at-cap/files/data.bin": big_blob(registry, TASK_FILES_MIB * 1024**2, fill=b"y"),
             "huge-doc/task.yaml": big,
             "huge-files/task.yaml": blob(registry, task_text(SITE)),
             "huge-files/files/big.bin": big,
@@ -246,7 +254,7 @@ def main() -> None:
         idle_config = site_config(folder, build(folder, "idle.git", None), SITE, "idle")
         hostile = build(folder, "hostile.git", args.mib, args.output_mib)
         idle = peak(folder, ["agent", "once", "--config", str(idle_config)])
-        print(report_line("idle ptm agent once (clean registry)", idle, None, idle))
+        print(report_line("idle ptm agent once (no tasks)", idle, None, idle))
         floors = {name: peak(folder, argv) for name, argv in commands(folder, clean, "c").items()}
         over = False
         for name, argv in commands(folder, hostile, "h").items():
@@ -256,8 +264,9 @@ def main() -> None:
             for line in found.said if args.show else ():
                 print(f"    {ascii(line)[1:-1]}")
     print(
-        f"a {args.mib} MiB blob everywhere, a {args.output_mib} MiB output file; ptm's own peak "
-        "RSS (ru_maxrss), git: the largest git process"
+        f"a {args.mib} MiB blob everywhere, {TASK_FILES_MIB} MiB of task files, a "
+        f"{args.output_mib} MiB output file; ptm's own peak RSS (ru_maxrss), git: the largest "
+        "git process"
     )
     if over:
         raise SystemExit(1)

@@ -1,5 +1,6 @@
 """Memory bounded by caps, not by input: ptm's own peak RSS, measured in a process of its own
-(``ru_maxrss``), while it reads a crafted registry with files as big as the caps allow."""
+(``ru_maxrss``), while it reads a crafted registry with files as big as the caps allow (or
+bigger), against the same command on a registry of small files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import crafted
+from tests.agent_support import remote_status, write_site_config
 from tests.crafted import FILE, TREE
 from tests.test_status_cmd import add_task, status_yaml
 
@@ -137,3 +141,36 @@ def test_status_and_audit_refuse_huge_documents_unread(
     assert task_refused in found["audit"][1] and "[max-bytes]" in found["audit"][1]
     for name, (_, _, mib) in found.items():
         assert mib - floors[name] < 64, f"{name} grew the peak by {mib - floors[name]:.0f} MiB"
+
+
+def push_task_with_file(clone: Path, task_id: str, image: str, size: int) -> None:
+    """A task for hospital-a whose one input file holds ``size`` bytes; it checks the size."""
+    folder = clone / "tasks" / task_id
+    (folder / "files").mkdir(parents=True)
+    with (folder / "files" / "data.bin").open("wb") as stream:
+        for _ in range(size // MIB):
+            stream.write(b"y" * MIB)
+        stream.write(b"y" * (size % MIB))
+    check = f"test $(wc -c < /ptm/input/data.bin) -eq {size}"
+    (folder / "task.yaml").write_text(
+        f"ptm: 1\nimage: {image}\nsites: [hospital-a]\ncommand: ['sh', '-c', '{check}']\n"
+    )
+    for args in (["add", "tasks"], ["commit", "-q", "-m", task_id], ["push", "-q"]):
+        subprocess.run(["git", *args], cwd=clone, check=True)
+
+
+@pytest.mark.docker
+def test_the_agent_writes_task_files_as_big_as_the_cap_allows_a_chunk_at_a_time(
+    bare_registry: Path, registry_clone: Path, tmp_path: Path, test_image: str
+) -> None:
+    config = str(write_site_config(tmp_path, "hospital-a", bare_registry))
+    push_task_with_file(registry_clone, "small", test_image, 1)
+    floor = peak_mib(tmp_path, "agent", "once", "--config", config)
+    size = 48 * MIB  # a task's files may hold 50 MiB in all
+    push_task_with_file(registry_clone, "big", test_image, size)
+    found = peak_mib(tmp_path, "agent", "once", "--config", config)
+
+    for task_id in ("small", "big"):  # the container saw the whole file
+        assert (remote_status(bare_registry, task_id) or {}).get("state") == "completed"
+    grown = found - floor  # never the file whole: well under its size, and the 64 MiB goal
+    assert grown < size / MIB / 2, f"{size} bytes of task files grew the peak by {grown:.0f} MiB"
