@@ -18,6 +18,7 @@ the test image and OpenSSH's sshd.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import subprocess
 import tempfile
@@ -112,12 +113,15 @@ def measure_agent(
     server_pid = int((server.folder / "sshd.pid").read_text())
     figures = idle_figures(agent, master, server_pid, args.idle)
     pickups = []
+    # Each push at a random moment of the poll's period (the same moments in every run): a
+    # push right after the agent's own result push would catch its cycles in step.
+    phase = random.Random(0)
     for n in range(args.pickups):
+        time.sleep(0.3 + phase.uniform(0, args.poll))
         task_id = f"remote-{n}"
         pushed = push_task(work, registry, task_id)
         pickups.append(tasks.wait(task_id) - pushed)
         wait_until(lambda t=task_id: final_state(registry, t), 60, f"{task_id}'s result")
-        time.sleep(0.3)  # let the push of the result settle: the next push is fresh
     return figures, pickups
 
 

@@ -88,7 +88,9 @@ def running_sshd(
         f"PidFile {folder / 'sshd.pid'}\nAuthorizedKeysFile {folder / 'authorized_keys'}\n"
         "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nAllowTcpForwarding no\nX11Forwarding no\n"
-        "LogLevel VERBOSE\n" + ("AcceptEnv GIT_PROTOCOL\n" if git_protocol else "")
+        # SHLVL: bash, the session's shell here, reads ~/.bashrc when run by sshd at level 1;
+        # this machine's root's one (pyenv init) costs 200 ms per session, a git host's not.
+        "LogLevel VERBOSE\nSetEnv SHLVL=1\n" + ("AcceptEnv GIT_PROTOCOL\n" if git_protocol else "")
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
