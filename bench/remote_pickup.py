@@ -1,6 +1,6 @@
 """Pickup from an ``ssh://`` registry with a one-second poll, and the idle agent's CPU use.
 
-    python -m bench.remote_pickup [--idle 10] [--pickups 5] [--poll 1] [--no-local]
+    python -m bench.remote_pickup [--idle 10] [--pickups 9] [--poll 1] [--no-local] [--no-accept-env]
 
 A real ``sshd`` on loopback (tests/ssh_servers.py, with ``AcceptEnv GIT_PROTOCOL``) serves a
 bare registry as ``ssh://root@127.0.0.1:PORT/abs/path``; a real ``ptm agent run`` polls it
@@ -152,7 +152,7 @@ def report(remote: dict[str, float], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idle", type=float, default=10, help="seconds of idling to measure")
-    parser.add_argument("--pickups", type=int, default=5, help="tasks to push, one at a time")
+    parser.add_argument("--pickups", type=int, default=9, help="tasks to push, one at a time")
     parser.add_argument("--poll", type=float, default=1.0, help="the site's poll_interval")
     parser.add_argument("--no-local", action="store_true", help="skip the local watch mode")
     parser.add_argument(
