@@ -84,7 +84,11 @@ def test_a_hostile_answer_costs_one_warning_and_the_agent_still_runs_the_task(
         Researcher(remote.registry, tmp_path / "researcher").submit("despite", "true")
         with caplog.at_level(logging.INFO, logger="ptm.ref_poll"):
             agent.once()
-        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        warned = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "ptm.ref_poll" and r.levelno >= logging.WARNING
+        ]
         assert len(warned) == 1 and "pkt-line length" in warned[0]
         record = agent.ledger.status_of("despite")
         assert record is not None and record.state == "completed"
