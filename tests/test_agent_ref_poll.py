@@ -1,11 +1,15 @@
 """The agent's ls-refs poll end to end: an idle cycle over a real sshd starts no process, a
-push is run, stop leaves no process, a hostile answer costs one warning; gitolite3 answers."""
+push is run, stop leaves no process, a hostile answer costs one warning, SIGTERM during a
+silent session stops ``ptm agent run`` at once; gitolite3 answers."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +24,7 @@ from ptm.runtimes.docker import DockerRuntime
 from ptm.siteconfig import load_site_config
 from ptm.ssh_share import SharedConnection
 from ptm.sync import TasksMirror
+from ptm.workdir import WorkDir
 from tests.agent_support import Researcher, write_site_config
 from tests.ref_poll_support import (
     Remote,
@@ -33,18 +38,23 @@ from tests.ref_poll_support import (
 from tests.ssh_servers import running_gitolite, ssh_command
 
 
+def site_config(tmp_path: Path, remote: Remote) -> Path:
+    """A site config for ``remote``'s registry, work folder ``tmp_path/w``."""
+    path = write_site_config(tmp_path, "hospital-a", Path("/unused"))
+    document = yaml.safe_load(path.read_text())
+    keys = tmp_path / "keys" / "site"
+    registry = {"url": remote.mirror.url, "ssh_key": str(keys), "branch": "main"}
+    document["registry"] = {**registry, "known_hosts": str(tmp_path / "known_hosts")}
+    document["workdir"] = str(tmp_path / "w")
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 @contextmanager
 def ssh_site(tmp_path: Path, *, hostile: bool = False) -> Iterator[tuple[Agent, Remote]]:
     """An agent for a registry behind a real sshd, its shared connection up."""
     with polled_registry(tmp_path, hostile=hostile) as remote:
-        path = write_site_config(tmp_path, "hospital-a", Path("/unused"))
-        document = yaml.safe_load(path.read_text())
-        keys = tmp_path / "keys" / "site"
-        registry = {"url": remote.mirror.url, "ssh_key": str(keys), "branch": "main"}
-        document["registry"] = {**registry, "known_hosts": str(tmp_path / "known_hosts")}
-        document["workdir"] = str(tmp_path / "w")
-        path.write_text(yaml.safe_dump(document))
-        agent = Agent(load_site_config(path), DockerRuntime(None))
+        agent = Agent(load_site_config(site_config(tmp_path, remote)), DockerRuntime(None))
         agent.start()
         agent.once()
         wait_for(agent.ssh.alive, "the agent's shared connection")
@@ -127,3 +137,39 @@ def test_ls_refs_through_gitolite_answers_like_git(tmp_path: Path) -> None:
             assert poll.unavailable is None  # gitolite passed GIT_PROTOCOL on to git
         finally:
             share.close(env)
+
+
+@pytest.mark.docker
+def test_sigterm_during_a_silent_ls_refs_stops_the_agent_at_once_and_its_master(
+    tmp_path: Path, test_image: str
+) -> None:
+    with polled_registry(tmp_path, hostile=True) as remote:
+        command = [sys.executable, "-m", "ptm", "agent", "run", "-v"]
+        with open(tmp_path / "agent.log", "wb") as log:
+            agent = subprocess.Popen(
+                [*command, "--config", str(site_config(tmp_path, remote))],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        socket_path = str(tmp_path / "w" / "ssh" / "c")
+        try:
+            wait_for(lambda: WorkDir(tmp_path / "w").load_state().processed, "a first cycle", 60)
+            master = SharedConnection(remote.mirror.url, tmp_path / "w" / "ssh")
+            wait_for(master.alive, "the agent's master")
+            time.sleep(1.2)  # a poll over it: the next one is an ls-refs, not a git fetch
+            remote.arm("silence")  # the next poll's session answers nothing (10 s deadline)
+            wait_for(lambda: not (remote.server.folder / "trap").exists(), "a silent session")
+            time.sleep(0.3)
+            began = time.monotonic()
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(timeout=30) == 0
+            assert time.monotonic() - began < 4  # not the 10 s of the session's deadline
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+        wait_for(lambda: not processes_naming(socket_path), "the master's end", 10)
+        assert (
+            "ls-refs poll of refs/heads/main failed (the agent is stopping)"
+            in (tmp_path / "agent.log").read_text()
+        )
