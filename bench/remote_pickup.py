@@ -1,6 +1,7 @@
 """Pickup from an ``ssh://`` registry with a one-second poll, and the idle agent's CPU use.
 
-    python -m bench.remote_pickup [--idle 10] [--pickups 9] [--poll 1] [--no-local] [--no-accept-env]
+    python -m bench.remote_pickup [--idle 10] [--pickups 9] [--poll 1] [--no-local]
+                                  [--no-accept-env]
 
 A real ``sshd`` on loopback (tests/ssh_servers.py, with ``AcceptEnv GIT_PROTOCOL``) serves a
 bare registry as ``ssh://root@127.0.0.1:PORT/abs/path``; a real ``ptm agent run`` polls it
