@@ -8,9 +8,9 @@ socket in ``<workdir>/ssh/``; each git call's ``ssh`` joins it as a client
 the client, decides), so git talks protocol v2 where the host's sshd accepts it. A client
 finds no master (not started yet, gone with the network) and simply connects on its own, so
 sharing never decides whether a call works, and every call keeps its deadline (ptm.gitrepo).
-The master is asked to exit when the agent stops, ends by itself when unused for a while (one
-a killed agent left, too), and is started again when it is gone. An admin's own ``GIT_SSH``
-or ``core.sshCommand`` is left alone.
+The master is asked to exit when the agent stops, ends by itself when unused for a while, and
+is started again when it is gone; one a killed agent left is replaced at the first cycle. An
+admin's own ``GIT_SSH`` or ``core.sshCommand`` is left alone.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class SharedConnection:
         self._destination = ssh_destination(url)
         self._starter: subprocess.Popen[bytes] | None = None
         self._started_at = -RESTART_AFTER_S
+        self._first = True  # no master found yet: one that answers now is not this agent's
 
     @property
     def usable(self) -> bool:
@@ -112,8 +113,13 @@ class SharedConnection:
             return
         if self._starter is not None and self._starter.poll() is None:
             return  # still authenticating
+        inherited, self._first = self._first, False
         if self.alive():
-            return
+            if not inherited:
+                return
+            # Left by a killed agent, maybe an older ptm whose master passes no GIT_PROTOCOL
+            # on (this agent would use it for as long as it runs): replace it.
+            self.close(env)
         now = time.monotonic()
         if now - self._started_at < RESTART_AFTER_S:
             return

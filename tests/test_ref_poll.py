@@ -219,3 +219,14 @@ def test_a_hostile_host_gives_a_bounded_fallback_with_one_warning(
             time.sleep(0.15)
             assert poll.head() == BranchHead(head), mode  # the trap is spent: answered again
         wait_for(lambda: not upload_packs(polled.registry), "the end of every remote session")
+
+
+def test_a_master_left_by_an_earlier_agent_is_replaced_once(tmp_path: Path) -> None:
+    with polled_registry(tmp_path) as remote:
+        left = master_pid(remote)
+        successor = SharedConnection(remote.share.url, remote.share.folder)
+        successor.ensure(remote.env)  # an older ptm's master may not pass GIT_PROTOCOL on
+        wait_for(lambda: successor.alive() and master_pid(remote) != left, "a new master")
+        own = master_pid(remote)
+        successor.ensure(remote.env)
+        assert successor.alive() and master_pid(remote) == own  # its own one is kept
