@@ -159,7 +159,7 @@ class Wanted:
 
 def locate(repo: GitRepo, wanted: Mapping[K, Wanted]) -> dict[K, RawEntry | Refused | None]:
     """The entry at each wanted path (every part before the last a folder), all paths walked
-    together: one git process for the roots and two per level, whatever their number."""
+    together: one git process for the roots and one per level, whatever their number."""
     roots = root_trees(repo, {k: w.commit for k, w in wanted.items()})
     current: dict[K, str | Refused | None] = dict(roots)
     found: dict[K, RawEntry | Refused | None] = {}
