@@ -11,7 +11,8 @@ output file and the branch's root. Besides, files as big as the caps allow: a ta
 of input files (the agent accepts and runs it: this needs a Docker engine and the image
 ptm-test/busybox:latest) and an output file of ``--output-mib`` (``ptm results`` collects it).
 
-Each command runs in a process of its own, which reports its own peak RSS (``ru_maxrss``). The
+Each command runs in a process of its own, which reports its own peak RSS (``VmHWM``: a
+child's ``ru_maxrss`` would count its parent's at the moment it was spawned). The
 largest git process is shown apart, measured by GNU time around each git (a git holding a blob
 is git's memory; what matters is that ptm never has git stream a blob to it, which would show in
 ptm's figure; with a local registry a fetch's figure includes the serving side). The floor is an
@@ -44,12 +45,12 @@ IMAGE = "ptm-test/busybox:latest"
 GOAL_MIB = 64
 TASK_FILES_MIB = 48  # a task's files may hold 50 MiB in all: this task is accepted and run
 MEASURE = """\
-import json, resource, sys
+import json, re, sys
 from ptm.main import main
 code = main(sys.argv[2:])
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+status = open("/proc/self/status").read()
 with open(sys.argv[1], "w") as out:
-    json.dump([code, own], out)
+    json.dump([code, int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))], out)
 """
 
 
@@ -265,7 +266,7 @@ def main() -> None:
                 print(f"    {ascii(line)[1:-1]}")
     print(
         f"a {args.mib} MiB blob everywhere, {TASK_FILES_MIB} MiB of task files, a "
-        f"{args.output_mib} MiB output file; ptm's own peak RSS (ru_maxrss), git: the largest "
+        f"{args.output_mib} MiB output file; ptm's own peak RSS (VmHWM), git: the largest "
         "git process"
     )
     if over:

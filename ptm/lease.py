@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ptm.errors import PtmError
 from ptm.gitrepo import GitRepo
+from ptm.treecheck import object_sizes
 
 LEASE_TTL_S = 30 * 60
 LEASE_RENEW_S = 10 * 60
@@ -24,6 +25,9 @@ AGENT_TRAILER = "Agent"
 LEASE_TRAILER = "Lease"
 RELEASED = "released"
 ID_FILE = "agent-id"
+# A commit ptm writes is a few hundred bytes (a kilobyte or two signed); anyone who can push to
+# the branch may write one of any size, which is judged by its size and never read.
+MAX_TIP_BYTES = 64 * 1024
 
 
 class LeaseHeld(PtmError):
@@ -59,6 +63,11 @@ def trailers(message: str) -> dict[str, str]:
 
 
 def read_tip(repo: GitRepo, commit: str) -> TipLease:
+    """The lease a branch's tip records; none from a commit over MAX_TIP_BYTES (not read, so
+    a crafted commit can neither exhaust memory nor claim the site)."""
+    (info,) = object_sizes(repo, [commit])
+    if info is None or info[0] != "commit" or info[1] > MAX_TIP_BYTES:
+        return TipLease(None, False, 0, commit)
     out = repo.run("log", "-1", "--format=%ct%x00%B", commit)
     stamp, _, message = out.partition("\0")
     found = trailers(message)

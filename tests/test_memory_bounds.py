@@ -1,6 +1,7 @@
 """Memory bounded by caps, not by input: ptm's own peak RSS, measured in a process of its own
-(``ru_maxrss``), while it reads a crafted registry with files as big as the caps allow (or
-bigger), against the same command on a registry of small files."""
+(``VmHWM``; ``ru_maxrss`` would count the spawning parent's too), while it reads a crafted
+registry with files as big as the caps allow (or bigger), against the same command on a
+registry of small files."""
 
 from __future__ import annotations
 
@@ -16,16 +17,18 @@ import pytest
 from tests import crafted
 from tests.agent_support import remote_status, write_site_config
 from tests.crafted import FILE, TREE
+from tests.fixtures_git import git
 from tests.test_status_cmd import add_task, status_yaml
 
 SITE = "evil"
 MIB = 1024**2
 MEASURE = """\
-import json, resource, sys
+import json, re, sys
 from ptm.main import main
 code = main(sys.argv[2:])
+status = open("/proc/self/status").read()
 with open(sys.argv[1], "w") as out:
-    json.dump([code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], out)
+    json.dump([code, int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))], out)
 """
 
 
@@ -174,3 +177,26 @@ def test_the_agent_writes_task_files_as_big_as_the_cap_allows_a_chunk_at_a_time(
         assert (remote_status(bare_registry, task_id) or {}).get("state") == "completed"
     grown = found - floor  # never the file whole: well under its size, and the 64 MiB goal
     assert grown < size / MIB / 2, f"{size} bytes of task files grew the peak by {grown:.0f} MiB"
+
+
+def test_a_huge_commit_message_on_the_sites_branch_is_never_read(
+    bare_registry: Path, tmp_path: Path
+) -> None:
+    """The lease check reads the tip's message: one of 100 MiB (anyone who can push to the
+    branch may write it) is judged by its size first, and neither read nor obeyed."""
+    config = str(write_site_config(tmp_path, "hospital-a", bare_registry))
+    floor = peak_mib(tmp_path, "agent", "once", "--config", config)
+    message = tmp_path / "message.txt"
+    with message.open("wb") as stream:
+        stream.write(b"huge\n\n")
+        for _ in range(100):
+            stream.write(b"Agent: someone-else\n" * (MIB // 20))
+    ref = "refs/heads/results/hospital-a"
+    tip = git(bare_registry, "rev-parse", ref)
+    tree = git(bare_registry, "rev-parse", f"{tip}^{{tree}}")
+    sha = git(bare_registry, "commit-tree", tree, "-p", tip, "-F", str(message))
+    git(bare_registry, "update-ref", ref, sha)
+
+    found = peak_mib(tmp_path, "agent", "once", "--config", config)
+    grown = found - floor  # the agent went on: another agent's lease was not believed
+    assert grown < 32, f"a 100 MiB commit message grew the agent's peak by {grown:.0f} MiB"
