@@ -1,15 +1,16 @@
 """Peak memory of ptm's readers on a registry holding a 300 MiB blob, against an idle agent's.
 
-    python -m bench.memory [--mib 300] [--output-mib 200] [--show]
+    python -m bench.memory [--mib 300] [--output-mib 200] [--message-mib 32] [--show]
 
 Builds bare local registries. The clean one: a task for another site, and that site's results
 branch with a completed result. The hostile one: the same, plus one blob of ``--mib`` MiB (a
 single YAML comment, so only a size check stops a reader) in every place a hostile writer could
 put it: a task's ``task.yaml``, a file in a task's ``files/``, a ``cancel.yaml``, a ``sites/``
 document and the tasks branch's root; on the other site's results branch a ``status.yaml``, an
-output file and the branch's root. Besides, files as big as the caps allow: a task with 48 MiB
-of input files (the agent accepts and runs it: this needs a Docker engine and the image
-ptm-test/busybox:latest) and an output file of ``--output-mib`` (``ptm results`` collects it).
+output file and the branch's root; and a commit message of ``--message-mib`` at the tip of both
+branches. Besides, files as big as the caps allow: a task with 48 MiB of input files (the agent
+accepts and runs it: this needs a Docker engine and the image ptm-test/busybox:latest) and an
+output file of ``--output-mib`` (``ptm results`` collects it).
 
 Each command runs in a process of its own, which reports its own peak RSS (``VmHWM``: a
 child's ``ru_maxrss`` would count its parent's at the moment it was spawned). The
@@ -91,7 +92,9 @@ def folder_of(repo: Path, files: dict[str, str]) -> str:
     return tree(repo, here)
 
 
-def build(folder: Path, name: str, mib: int | None, output_mib: int = 0) -> Path:
+def build(
+    folder: Path, name: str, mib: int | None, output_mib: int = 0, message_mib: int = 0
+) -> Path:
     """A bare registry; with ``mib``, a blob that big sits everywhere a writer may put it, and
     the other site's result has an output of ``output_mib`` besides."""
     registry = folder / name
@@ -115,7 +118,7 @@ def build(folder: Path, name: str, mib: int | None, output_mib: int = 0) -> Path
         kept = [e for e in kept if e[1] != b"sites"]
         kept += [(FILE, b"big.bin", big), (TREE, b"sites", folder_of(registry, {"x.yaml": big}))]
     root = tree(registry, [*kept, (TREE, b"tasks", folder_of(registry, tasks))])
-    main = commit(registry, root, [base], "tasks")
+    main = commit_with(registry, root, [base], message_mib if mib else None)
     git_update(registry, "refs/heads/main", main)
     results = {f"results/ok/{OTHER}/status.yaml": blob(registry, status_text("ok", OTHER, main))}
     if big:
@@ -133,9 +136,27 @@ def build(folder: Path, name: str, mib: int | None, output_mib: int = 0) -> Path
             f"results/huge-doc/{OTHER}/status.yaml": big,
             "big.bin": big,
         }
-    branch = commit(registry, folder_of(registry, results), [], "results")
+    branch = commit_with(registry, folder_of(registry, results), [], message_mib if mib else None)
     git_update(registry, f"refs/heads/results/{OTHER}", branch)
     return registry
+
+
+def commit_with(registry: Path, tree_oid: str, parents: list[str], mib: int | None) -> str:
+    """A commit of ``tree_oid``; with ``mib``, its message is that big (lease lines in it)."""
+    if not mib:
+        return commit(registry, tree_oid, parents, "small")
+    message = registry / "message.txt"
+    line = b"Agent: someone-else\n"
+    with message.open("wb") as stream:
+        stream.write(b"a huge message\n\n")
+        for _ in range(mib):
+            stream.write(line * (1024**2 // len(line)))
+    args = ["git", "commit-tree", tree_oid, "-F", str(message)]
+    for parent in parents:
+        args += ["-p", parent]
+    done = subprocess.run(args, cwd=registry, capture_output=True, text=True, check=True)
+    message.unlink()
+    return done.stdout.strip()
 
 
 def git_update(registry: Path, ref: str, sha: str) -> None:
@@ -247,13 +268,16 @@ def main() -> None:
         default=200,
         help="an output file under the cap for collecting results (256 MiB a file)",
     )
+    parser.add_argument(
+        "--message-mib", type=int, default=32, help="the commit messages at the branches' tips"
+    )
     parser.add_argument("--show", action="store_true", help="print what each command said")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
         folder = Path(tmp)
         clean = build(folder, "clean.git", None)
         idle_config = site_config(folder, build(folder, "idle.git", None), SITE, "idle")
-        hostile = build(folder, "hostile.git", args.mib, args.output_mib)
+        hostile = build(folder, "hostile.git", args.mib, args.output_mib, args.message_mib)
         idle = peak(folder, ["agent", "once", "--config", str(idle_config)])
         print(report_line("idle ptm agent once (no tasks)", idle, None, idle))
         floors = {name: peak(folder, argv) for name, argv in commands(folder, clean, "c").items()}
@@ -265,9 +289,9 @@ def main() -> None:
             for line in found.said if args.show else ():
                 print(f"    {ascii(line)[1:-1]}")
     print(
-        f"a {args.mib} MiB blob everywhere, {TASK_FILES_MIB} MiB of task files, a "
-        f"{args.output_mib} MiB output file; ptm's own peak RSS (VmHWM), git: the largest "
-        "git process"
+        f"a {args.mib} MiB blob everywhere, {args.message_mib} MiB commit messages, "
+        f"{TASK_FILES_MIB} MiB of task files, a {args.output_mib} MiB output file; ptm's own "
+        "peak RSS (VmHWM), git: the largest git process"
     )
     if over:
         raise SystemExit(1)
