@@ -1,9 +1,11 @@
 """The site agent: sync → plan → policy → run → publish, once per cycle.
 
 A cycle's cost grows with what changed on the tasks branch since the last processed commit, never
-with the registry's size: an idle cycle is one ``ls-remote`` and, when results are waiting, one
-push. State lives on the results branch (committed before anything is pushed) plus the last
-processed commit in the work directory, so an agent killed at any moment resumes where it was.
+with the registry's size: an idle cycle is one poll of the branch head (an ``ls-refs`` over the
+shared SSH connection, ``ptm.ref_poll``; an ``ls-remote`` or a fetch elsewhere; nothing for a
+watched local registry) and, when results are waiting, one push. State lives on the results
+branch (committed before anything is pushed) plus the last processed commit in the work
+directory, so an agent killed at any moment resumes where it was.
 """
 
 from __future__ import annotations
@@ -86,9 +88,17 @@ class Agent:
         """Stop: push what is committed, leave running containers for the next start."""
         self.stopping.set()
         running = self.runs.clear()
-        if running == 0:
-            self.ledger.release_lease()  # nothing left to re-attach: a replacement may start
-        self.publish()
+        try:
+            if running == 0:
+                self.ledger.release_lease()  # nothing left to re-attach: a replacement may start
+            self.publish()
+        except PtmError as exc:  # e.g. git cut off once a stop's grace is over
+            self.log.warning(
+                "stopping without the last push (what is committed here is pushed at the next "
+                "start; the lease stays until it expires or this agent starts again): %s",
+                exc,
+                extra={"decision": "stopping"},
+            )
         registry = self.config.registry
         self.ssh.close(ssh_environment(registry.ssh_key, registry.known_hosts))
         return running

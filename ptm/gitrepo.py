@@ -256,6 +256,7 @@ class GitRepo:
         base = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
         full_env = {**base, **self._env, **(env or {})}
         full_env.update(deadline_environment(full_env, limits))
+        full_env["GIT_CONFIG_PARAMETERS"] = _with_big_file_threshold(full_env)
         return command, full_env, limits
 
     def remove_stale_locks(self) -> None:
@@ -392,3 +393,13 @@ def _git_busy_in(folder: Path) -> bool:
         if command.startswith("git") and (cwd == root or cwd.startswith(root + "/")):
             return True
     return False
+
+
+def _with_big_file_threshold(env: Mapping[str, str]) -> str:
+    """git's ``-c`` settings for every call (and the git processes it starts, which read the
+    same variable): blobs over 1 MiB are streamed, never held whole, by git itself too
+    (index-pack in a fetch, cat-file, hash-object), so a registry's huge blob costs git no
+    more memory than it costs ptm. Settings the caller's environment has come first."""
+    ours = "'core.bigFileThreshold=1m'"
+    theirs = env.get("GIT_CONFIG_PARAMETERS", "").strip()
+    return f"{theirs} {ours}" if theirs else ours

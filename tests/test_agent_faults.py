@@ -273,3 +273,38 @@ def test_a_second_agent_with_the_same_site_name_refuses_until_the_first_stops(
     second.once()
     assert remote_status(bare_registry, "second-task")["state"] == "completed"  # type: ignore[index]
     assert states_in_history(bare_registry, "once-only").count("running") == 1
+
+
+HAND_BACK_AFTER_THE_GRACE = """
+import sys
+from pathlib import Path
+from ptm import process
+from ptm.agent import Agent
+from ptm.runtimes.docker import DockerRuntime
+from ptm.siteconfig import load_site_config
+agent = Agent(load_site_config(Path(sys.argv[1])), DockerRuntime(None))
+agent.start()
+agent.once()
+process.wind_down(0)  # what a SIGTERM does once its grace is over: git calls are refused
+print(agent.hand_back())
+"""
+
+
+def test_a_stop_whose_last_git_calls_are_refused_still_ends_cleanly(
+    bare_registry: Path, tmp_path: Path, test_image: str
+) -> None:
+    """A stop that came while git hung (its grace spent): the last push is given up, said so,
+    and the stop goes on; it does not end the agent with an error."""
+    Researcher(bare_registry, tmp_path / "researcher").submit("done-before", "true")
+    config = write_site_config(tmp_path, "hospital-a", bare_registry)
+    done = subprocess.run(
+        [sys.executable, "-c", HAND_BACK_AFTER_THE_GRACE, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]  # no container left running
+    assert "stopping without the last push" in done.stderr
+    assert "shutting down" in done.stderr
+    assert remote_status(bare_registry, "done-before")["state"] == "completed"  # type: ignore[index]
