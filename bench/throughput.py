@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import docker
-from idle_and_pickup import IMAGE, SITE, sandbox_options, site_config, wait_until
+from idle_and_pickup import IMAGE, SITE, cpu_seconds, sandbox_options, site_config, wait_until
 
 from ptm.registry import init_registry
 from ptm.workdir import WorkDir
@@ -88,7 +88,29 @@ def starts_per_task(registry: Path) -> Counter[str]:
     return counts
 
 
-def run_agent(folder: Path, count: int, parallel: int, profile: str | None) -> tuple[float, Path]:
+ENGINE_COMMANDS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2")
+
+
+def engine_cpu_seconds() -> float:
+    """CPU the engine's processes have used so far (the containers' own, waited for by their
+    shims, included)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() in ENGINE_COMMANDS:
+                total += cpu_seconds(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_agent(
+    folder: Path, count: int, parallel: int, profile: str | None
+) -> tuple[float, Path, float, float]:
+    """(seconds from the push to the last result, the registry, CPU seconds of the agent with
+    its git processes, of the engine) for ``count`` tasks."""
     registry = folder / "registry.git"
     init_registry(registry, bare=True)
     subprocess.run(["git", "config", "receive.autogc", "false"], cwd=registry, check=True)
@@ -105,17 +127,21 @@ def run_agent(folder: Path, count: int, parallel: int, profile: str | None) -> t
     try:
         workdir = WorkDir(folder / "work")
         wait_until(lambda: workdir.load_state().processed, 60, "the agent's first cycle")
+        agent_before, engine_before = cpu_seconds(agent.pid), engine_cpu_seconds()
         began = push_tasks(work, count)
         wait_until(lambda: finished(registry) >= count, 30 + count, "every result")
         took = time.time() - began
+        agent_cpu = cpu_seconds(agent.pid) - agent_before
+        engine_cpu = engine_cpu_seconds() - engine_before
     finally:
         agent.terminate()
         agent.wait(timeout=30)
-    return took, registry
+    return took, registry, agent_cpu, engine_cpu
 
 
-def bare_engine(folder: Path, count: int, parallel: int) -> float:
-    """``count`` sandboxed ``docker run --rm`` of the same image, ``parallel`` at a time."""
+def bare_engine(folder: Path, count: int, parallel: int) -> tuple[float, float]:
+    """``count`` sandboxed ``docker run --rm`` of the same image, ``parallel`` at a time:
+    (seconds, CPU seconds of the engine)."""
     options = sandbox_options(folder)
     pending = list(range(count))
     lock = threading.Lock()
@@ -129,13 +155,13 @@ def bare_engine(folder: Path, count: int, parallel: int) -> float:
             command = ["docker", "run", "--rm", *options, IMAGE, "true"]
             subprocess.run(command, check=True, capture_output=True)
 
-    began = time.time()
+    began, engine_before = time.time(), engine_cpu_seconds()
     threads = [threading.Thread(target=worker) for _ in range(parallel)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return time.time() - began
+    return time.time() - began, engine_cpu_seconds() - engine_before
 
 
 def main() -> None:
@@ -146,9 +172,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
         folder = Path(tmp)
-        ptm_time, registry = run_agent(folder, args.tasks, args.parallel, args.profile)
+        ptm_time, registry, agent_cpu, engine_cpu = run_agent(
+            folder, args.tasks, args.parallel, args.profile
+        )
         starts = starts_per_task(registry)
-        floor = bare_engine(folder, args.tasks, args.parallel)
+        floor, floor_engine_cpu = bare_engine(folder, args.tasks, args.parallel)
         client = docker.from_env()
         for container in client.containers.list(all=True, filters={"label": f"ptm.site={SITE}"}):
             container.remove(force=True)
@@ -162,6 +190,11 @@ def main() -> None:
         f"floor:  {floor:.2f} s the same containers, bare 'docker run', {args.parallel} at a time"
     )
     print(f"ratio:  {ptm_time / floor:.2f}x the floor (goal <= 1.25x)")
+    print(
+        f"cpu:    the agent and its git processes {agent_cpu:.1f} s "
+        f"({agent_cpu / args.tasks * 1000:.0f} ms a task), the engine {engine_cpu:.1f} s; "
+        f"the floor's engine {floor_engine_cpu:.1f} s (2 cores)"
+    )
     print(
         f"once:   {len(starts) - len(twice)} of {args.tasks} tasks started exactly once "
         f"(started twice: {len(twice)}{': ' + ', '.join(twice[:5]) if twice else ''}; "
