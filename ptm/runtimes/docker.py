@@ -47,6 +47,7 @@ from ptm.runtimes.images import PullReporter, matching_repo_digest, split_refere
 from ptm.runtimes.sandbox import check_limits, check_mount_target, check_network, numeric_user
 
 POLL_INTERVAL_S = 0.5
+FIRST_POLL_S = 0.02  # doubled after each poll up to POLL_INTERVAL_S
 KILL_GRACE_S = 10.0
 ENDED = frozenset({"exited", "dead"})
 
@@ -178,31 +179,37 @@ class DockerRuntime:
         mounts = self._mounts(spec)
         self._open_output(spec)
         name = f"ptm-{spec.site}-{spec.task_id}-{uuid.uuid4().hex[:8]}"
+        api = self.client.api
+        # The low-level call: the high-level one inspects the new container before it returns,
+        # a round trip on every task's way to its start.
+        host_config = api.create_host_config(
+            mounts=mounts,
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs_bytes},mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            privileged=False,
+            mem_limit=spec.memory_bytes,
+            memswap_limit=spec.memory_bytes,
+            nano_cpus=int(spec.cpus * 1e9),
+            pids_limit=spec.pids,
+            network_mode=spec.network,
+            log_config=docker.types.LogConfig(
+                type="json-file",
+                config={"max-size": str(max(8 * spec.log_bytes, 1024**2)), "max-file": "2"},
+            ),
+        )
         with self._errors(f"creating the container of task {spec.task_id}"):
-            container = self.client.containers.create(
+            created = api.create_container(
                 image.image_id,
                 list(spec.command) if spec.command is not None else None,
                 name=name,
                 environment=self._environment(spec),
                 labels=self._container_labels(spec),
-                mounts=mounts,
                 user=spec.user,
-                read_only=True,
-                tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs_bytes},mode=1777"},
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                privileged=False,
-                mem_limit=spec.memory_bytes,
-                memswap_limit=spec.memory_bytes,
-                nano_cpus=int(spec.cpus * 1e9),
-                pids_limit=spec.pids,
-                network_mode=spec.network,
-                log_config=docker.types.LogConfig(
-                    type="json-file",
-                    config={"max-size": str(max(8 * spec.log_bytes, 1024**2)), "max-file": "2"},
-                ),
+                host_config=host_config,
             )
-        return ContainerRef(str(container.id), spec.task_id, spec.site)
+        return ContainerRef(str(created["Id"]), spec.task_id, spec.site)
 
     @staticmethod
     def _mounts(spec: ContainerSpec) -> list[docker.types.Mount]:
@@ -273,8 +280,9 @@ class DockerRuntime:
         timeout_s: float,
         cancelled: Callable[[], bool] | None = None,
     ) -> Outcome:
-        """Poll every half second; the time limit counts from the container's own start. A
-        container created but never started (the agent died in between) is started now."""
+        """Poll (soon after the start, then every half second: most tasks end in moments, and
+        their slot goes to the next one); the time limit counts from the container's own start.
+        A container created but never started (the agent died in between) is started now."""
         attrs = self._inspect(ref)
         if attrs["State"]["Status"] == "created":
             with self._errors(f"starting the container of task {ref.task_id}"):
@@ -282,13 +290,15 @@ class DockerRuntime:
             attrs = self._inspect(ref)
         deadline = time.monotonic() + timeout_s - seconds_since(attrs["State"].get("StartedAt"))
         timed_out = was_cancelled = False
+        pause = FIRST_POLL_S
         while attrs["State"]["Status"] not in ENDED:
             was_cancelled = cancelled is not None and cancelled()
             timed_out = not was_cancelled and time.monotonic() >= deadline
             if was_cancelled or timed_out:
                 attrs = self._kill_and_wait(ref)
                 break
-            time.sleep(max(0.0, min(POLL_INTERVAL_S, deadline - time.monotonic())))
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(POLL_INTERVAL_S, 2 * pause)
             attrs = self._inspect(ref)
         state = attrs["State"]
         return Outcome(
