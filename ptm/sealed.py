@@ -340,7 +340,9 @@ def _check_member(member: tarfile.TarInfo, seen: Collection[str], source: str) -
     shown = ascii(member.name[:200])
     if len(seen) >= MAX_MEMBERS:
         raise EncryptionError(f"{source}: holds more than {MAX_MEMBERS} files")
-    if not member.isreg():
+    # Not member.isreg(): that admits sparse members, whose few bytes of archive unpack into
+    # any size their header claims (a site could fill the researcher's disk).
+    if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or member.issparse():
         raise EncryptionError(f"{source}: holds {shown}, which is not a regular file")
     if not _allowed_name(member.name):
         raise EncryptionError(f"{source}: holds {shown}, a name a result may not have")

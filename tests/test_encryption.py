@@ -472,6 +472,32 @@ def test_a_hostile_sealed_result_is_refused_and_nothing_is_written(
     assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
 
 
+def sparse_tar(tmp_path: Path, size: int) -> bytes:
+    """A GNU tar (made by tar itself) of a status and one sparse output of ``size`` bytes: a
+    few KiB of archive that unpacks to ``size`` bytes of disk."""
+    folder = tmp_path / "sparse"
+    (folder / "output").mkdir(parents=True)
+    (folder / "status.yaml").write_bytes(inner_status({}))
+    with (folder / "output" / "huge.csv").open("wb") as stream:
+        stream.truncate(size)
+    archive = tmp_path / "sparse.tar"
+    names = ["status.yaml", "output/huge.csv"]  # no folder entries: only regular-looking files
+    command = ["tar", "--sparse", "--format=gnu", "-cf", str(archive), *names]
+    subprocess.run(command, cwd=folder, check=True)
+    return archive.read_bytes()
+
+
+def test_a_sparse_member_that_would_fill_the_disk_is_refused(
+    tmp_path: Path, keys: dict[str, Key]
+) -> None:
+    raw = sparse_tar(tmp_path, 4 * 1024**3)
+    assert len(raw) < 1024**2  # 4 GiB of "file" in a small archive
+    folder = sealed_folder(tmp_path, keys, [], raw=raw)
+    with pytest.raises(EncryptionError, match="not a regular file"):
+        unseal_folder(folder, load_private_key(keys["alice"].private))
+    assert sorted(p.name for p in folder.iterdir()) == [SEALED_FILE, "status.yaml"]
+
+
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
 def test_links_inside_a_sealed_result_are_refused(
     tmp_path: Path, keys: dict[str, Key], kind: str
