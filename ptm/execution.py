@@ -146,10 +146,10 @@ class TaskExecution:
         attach_to: ContainerRef | None = None,
         concluded: Callable[[], None] | None = None,
     ) -> StatusRecord:
-        """Run the task to its final record; ``concluded`` is told as soon as the container has
-        ended, so its slot goes to the next task while this one's outputs are collected and
-        committed (a kill meanwhile loses nothing: the record still says ``running``, and the
-        next start re-attaches to the ended container and concludes it)."""
+        """Run the task to its final record; ``concluded`` is told once that is committed,
+        before the container is removed (its slot can go to the next task meanwhile). Not
+        earlier: a cancel, a stop and the disk (max_parallel results being collected at most)
+        rely on a run holding its slot until its result is recorded."""
         folders = RunFolders(self.workdir.run_dir(task.id))
         engine = self.engine
         if attach_to is None:
@@ -186,9 +186,9 @@ class TaskExecution:
             task.id,
             lambda: self.runtime.wait(ref, timeout_s=timeout, cancelled=cancelled),
         )
+        final = self._conclude(task, record, outcome, folders)
         if concluded is not None:
             concluded()
-        final = self._conclude(task, record, outcome, folders)
         engine.call("a removal", task.id, lambda: self.runtime.remove(ref))
         shutil.rmtree(folders.root, ignore_errors=True)
         return final

@@ -2,9 +2,9 @@
 
 Each run is a daemon thread: on shutdown the agent hands running containers back (they keep
 their labels and are re-attached at the next start) instead of waiting hours for them. A run
-frees its slot as soon as its container has ended (``free``), so the next queued task starts
-at once, not at the next cycle; it then still collects and commits its result and removes its
-container, which ``wait`` waits for.
+frees its slot as soon as its final record is committed (``free``), so the next queued task
+starts at once, not at the next cycle; it then still removes its container, which ``wait``
+waits for.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class RunQueue:
         return started
 
     def free(self, task_id: str) -> None:
-        """Called by a run once its container has ended: its slot goes to the next."""
+        """Called by a run once its final record is committed: its slot goes to the next."""
         with self._lock:
             thread = threading.current_thread()
             if self._running.get(task_id) is thread:
