@@ -250,6 +250,8 @@ class UploadPackReader:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
             return False
+        except OSError as exc:
+            raise SessionLost(f"the session broke off ({exc})") from exc
         if not chunk:
             raise SessionLost("the session ended before its answer")
         self._buffer += chunk
@@ -261,6 +263,8 @@ class UploadPackReader:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
             return True
+        except OSError:
+            return False  # its stderr is gone; the answer says the rest
         self.stderr = (self.stderr + chunk)[-MAX_STDERR_BYTES:]
         return bool(chunk)
 

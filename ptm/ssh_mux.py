@@ -73,7 +73,10 @@ class MuxSession:
 def open_session(path: Path, command: str, env: Sequence[str], *, deadline: float) -> MuxSession:
     """Run ``command`` on the host of the master listening on ``path``, passing ``env``
     (``NAME=value``; the master passes on what its own SendEnv allows)."""
-    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:  # out of descriptors, most likely
+        raise MuxRefused(f"cannot open a socket for the shared SSH connection: {exc}") from exc
     try:
         _connect(control, path, deadline)
         control.sendall(mux_string(struct.pack(">II", HELLO, MUX_VERSION)))
@@ -81,6 +84,9 @@ def open_session(path: Path, command: str, env: Sequence[str], *, deadline: floa
         if hello[:8] != struct.pack(">II", HELLO, MUX_VERSION):
             raise MuxRefused("the shared SSH connection speaks another mux protocol version")
         session = _hand_over(control, command, env, deadline)
+    except OSError as exc:  # the master went away mid-exchange (a reset, a broken pipe)
+        control.close()
+        raise MuxRefused(f"the shared SSH connection broke off: {exc}") from exc
     except BaseException:
         control.close()
         raise

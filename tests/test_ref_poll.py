@@ -230,3 +230,35 @@ def test_a_master_left_by_an_earlier_agent_is_replaced_once(tmp_path: Path) -> N
         own = master_pid(remote)
         successor.ensure(remote.env)
         assert successor.alive() and master_pid(remote) == own  # its own one is kept
+
+
+def test_a_master_that_resets_the_connection_mid_exchange_is_refused_not_fatal(
+    tmp_path: Path,
+) -> None:
+    """A master that dies after the connect (network gone, told to exit) resets the control
+    socket: an error the poll falls back from, not an OSError that would end the agent. (A
+    reset before the hello is sent gives EPIPE in sendall, which open_session maps the same
+    way; that moment cannot be hit reliably from a test.)"""
+    import socket
+    import threading
+
+    from ptm.ssh_mux import MuxRefused, open_session
+
+    path = tmp_path / "c"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def reset_at_once() -> None:
+        connection, _ = server.accept()
+        time.sleep(0.3)  # the client's hello is in this end's queue, unread
+        connection.close()  # unread data: the client's read fails with ECONNRESET
+
+    thread = threading.Thread(target=reset_at_once)
+    thread.start()
+    try:
+        with pytest.raises(MuxRefused):
+            open_session(path, "git-upload-pack '/r'", [], deadline=time.monotonic() + 5)
+    finally:
+        thread.join(timeout=5)
+        server.close()
