@@ -372,10 +372,11 @@ def _redact(command: Sequence[str]) -> Iterator[str]:
         yield "<key>" if part.startswith("user.signingKey=") else part
 
 
-def clear_stale_locks(folder: Path, names: list[str]) -> None:
-    """Remove lock files a killed git left, once no process is working in ``folder``'s repo."""
-    present = [folder / n for n in names if (folder / n).exists()]
-    if present and not _git_busy_in(folder):
+def clear_stale_locks(repository: Path, names: list[str]) -> None:
+    """Remove lock files a killed git left (``names`` relative to the bare ``repository``), once
+    no git process is working in it (git runs there, never in a folder below)."""
+    present = [repository / n for n in names if (repository / n).exists()]
+    if present and not _git_busy_in(repository):
         for path in present:
             path.unlink(missing_ok=True)
 

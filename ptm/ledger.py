@@ -111,8 +111,9 @@ class Ledger:
         """Create the bare repository (adopting the registry's branch once) or clear the lock
         files a killed agent left in it."""
         if self.exists:
-            clear_stale_locks(self.path, [f"{INDEX_FILE}.lock", "packed-refs.lock", "config.lock"])
-            clear_stale_locks(self.path / "refs" / "heads" / RESULTS_DIR, [f"{self.site}.lock"])
+            branch_lock = f"refs/heads/{RESULTS_DIR}/{self.site}.lock"
+            locks = [f"{INDEX_FILE}.lock", "packed-refs.lock", "config.lock", branch_lock]
+            clear_stale_locks(self.path, locks)
             return
         partial = self.path.with_name(self.path.name + ".partial")
         _remove_tree(partial)

@@ -134,6 +134,28 @@ def test_planted_lock_files_are_cleared_at_start(
     assert not any(lock.exists() for lock in locks)
 
 
+def test_a_lock_is_kept_while_a_git_process_works_in_the_journal(
+    bare_registry: Path, tmp_path: Path, test_image: str
+) -> None:
+    Researcher(bare_registry, tmp_path / "researcher").submit("first", "true")
+    agent = site_agent(tmp_path, "hospital-a", bare_registry)
+    agent.once()
+    journal = agent.workdir.root / "ledger.git"
+    lock = journal / "refs" / "heads" / "results" / "hospital-a.lock"
+    lock.write_text("")
+    # A git still at work in the journal (as git runs: from the repository's own folder).
+    busy = subprocess.Popen(
+        ["git", "cat-file", "--batch"], cwd=journal, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        agent.ledger.ensure()
+        assert lock.exists()  # not removed under a live git
+    finally:
+        busy.communicate(timeout=10)
+    agent.ledger.ensure()
+    assert not lock.exists()
+
+
 def test_a_missing_signing_key_fails_the_cycle_and_loses_nothing(
     bare_registry: Path, tmp_path: Path, test_image: str
 ) -> None:
