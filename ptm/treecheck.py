@@ -83,6 +83,7 @@ class _Walk:
     problems: list[TreeProblem] = field(default_factory=list)
     total: int = 0
     count: int = 0
+    listed: int = 0  # bytes of tree objects read so far (a subtree repeated counts each time)
 
     def problem(self, path: str, rule: str, message: str) -> None:
         self.problems.append(
@@ -195,8 +196,12 @@ def _walk(cat: CatFile, roots: Sequence[tuple[str, str]], caps: Caps) -> list[Ch
                 continue
             walk = walks[index]
             accepted, problems = check_folder(raw)
-            for name, rule, message in problems:
+            for name, rule, message in problems[: max(0, caps.max_entries - len(walk.problems))]:
                 walk.problem(_join(path, name), rule, message)
+            if len(walk.problems) >= caps.max_entries:  # a listing of nothing but bad names
+                walk.problem(path, "max-entries", f"more than {caps.max_entries} problems")
+                full.add(index)
+                continue
             for entry, name in accepted:
                 child = _join(path, name)
                 if walk.count >= caps.max_entries:
@@ -249,7 +254,13 @@ def _read_level(
             limit = walks[index].caps.max_tree_bytes
             message = f"its listing is {info[1]} bytes, at most {limit} are read"
             walks[index].problem(path, "unreadable" if top else "max-bytes", message)
+        elif walks[index].listed + info[1] > walks[index].caps.max_total_bytes:
+            # One subtree named a thousand times would otherwise be read a thousand times.
+            limit = walks[index].caps.max_total_bytes
+            message = f"brings the listings read over {limit} bytes in all"
+            walks[index].problem(path, "max-bytes", message)
         else:
+            walks[index].listed += info[1]
             wanted.append((index, path, oid))
     contents = []
     for (index, path, _), data in zip(

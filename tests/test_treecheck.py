@@ -226,3 +226,32 @@ def test_a_session_that_stops_answering_is_stopped_at_its_deadline() -> None:
     assert time.monotonic() - began < 5
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_subtree_named_many_times_is_read_only_up_to_the_total_cap(repo: Path) -> None:
+    """A crafted folder naming one big subtree again and again: each listing is under the
+    per-tree cap, but reading them all would hold their sum in memory at once."""
+    one = crafted.blob(repo, b"1")
+    names = [f"{'x' * 40}{i:05d}".encode() for i in range(1000)]
+    big = crafted.tree(repo, [(FILE, name, one) for name in names])
+    size = int(
+        subprocess.run(
+            ["git", "cat-file", "-s", big], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    root = crafted.tree(repo, [(TREE, f"d{i:03d}".encode(), big) for i in range(200)])
+    cap = 10 * size + size // 2
+    found = checked_tree(
+        GitRepo(repo), root, where="r", caps=Caps(max_entries=10**6, max_total_bytes=cap)
+    )
+    over = [p for p in found.problems if "listings read over" in p.message]
+    assert [p.rule for p in over] == ["max-bytes"] * (200 - 10)
+    assert sum(1 for e in found.entries if not e.is_dir) == 10 * len(names)
+
+
+def test_a_listing_of_bad_names_stops_at_the_entry_cap(repo: Path) -> None:
+    one = crafted.blob(repo, b"1")
+    bad = crafted.tree(repo, [(FILE, f"..{i:05d}\n".encode(), one) for i in range(5000)])
+    found = checked_tree(GitRepo(repo), bad, where="r", caps=Caps(max_entries=100))
+    assert len(found.problems) == 101
+    assert found.problems[-1].rule == "max-entries" and found.entries == ()
