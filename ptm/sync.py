@@ -177,6 +177,7 @@ class TasksMirror:
         self.ssh_key = ssh_key
         self.known_hosts = known_hosts
         self._index: TasksIndex | None = None  # the last one read: the next cycle's "before"
+        self._fetched: str | None = None  # the commit the last fetch brought, peeled by git
         self.share: SharedConnection | None = None  # one SSH connection for every call
         self._branch_poll: BranchPoll | None = None
 
@@ -251,15 +252,19 @@ class TasksMirror:
             )
         else:
             self.repo.run("fetch", "--quiet", "--no-tags", REMOTE, refspec)
-        head = self._loose_ref(f"refs/remotes/{REMOTE}/{self.branch}") if polling else None
-        head = head or self.repo.rev_parse(f"{REMOTE}/{self.branch}")
+        loose = self._loose_ref(f"refs/remotes/{REMOTE}/{self.branch}") if polling else None
+        if loose is not None and loose == self._fetched:
+            return loose  # an idle poll: the same commit as last time, no git process
+        head = self.repo.rev_parse(f"{REMOTE}/{self.branch}")  # a commit (git peels, refuses)
         if head is None:
             raise RegistryError(f"{self.url}: branch {self.branch!r} not found in the registry")
+        self._fetched = head
         return head
 
     def _loose_ref(self, ref: str) -> str | None:
-        """The commit a fetch just wrote into a loose ref file (no git process for an idle
-        poll); None when the ref is packed or the file is not a plain object id."""
+        """The object id a fetch just wrote into a loose ref file (None when the ref is packed
+        or the file is not a plain object id); trusted only when it is the commit
+        ``rev_parse`` gave last time."""
         try:
             text = (self.path / ".git" / ref).read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
