@@ -9,6 +9,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+# Imported here, though only a run seals results: an agent installed without it must say so
+# at start (main names the extra), not fail inside a run's thread.
+import pyrage  # noqa: F401
+
 from ptm import __version__, logs
 from ptm.agent import Agent
 from ptm.commands.agent_admin_cmd import add_actions
