@@ -1,9 +1,10 @@
 """A site's results branch (``results/<site>``): its append-only ledger of decisions and results.
 
-The agent keeps the branch in a bare repository of its own and writes it with git's plumbing
-(``hash-object``, a private index, ``write-tree``, ``commit-tree``, ``update-ref``): no working
-tree, so nothing the registry holds is ever checked out onto the site's disk, and a record
-exists only once ``update-ref`` has moved the branch (a kill before that loses nothing: the task
+The agent keeps the branch in a bare repository of its own and writes its objects itself
+(``ptm.journal_objects``; big files and signed commits through ``hash-object`` and
+``commit-tree``) and moves it with ``update-ref``: no working tree, so nothing the registry
+holds is ever checked out onto the site's disk, and a record exists only once ``update-ref``
+has moved the branch (a kill before that loses nothing: the task
 is simply handled again). Only this agent writes its local branch, so that branch is its journal.
 
 The copy on the registry is *not* trusted: anyone may push to it where the host does not protect
@@ -27,6 +28,7 @@ from pathlib import Path
 from ptm.adoption import adoption_unproven, status_blobs
 from ptm.errors import InvalidDocument, RegistryError
 from ptm.gitrepo import GitRepo, clear_stale_locks, signing_config
+from ptm.journal_objects import JournalTrees, commit_object, write_object
 from ptm.lease import (
     AGENT_TRAILER,
     LEASE_RENEW_S,
@@ -54,11 +56,9 @@ from ptm.workdir import write_atomically
 
 REMOTE = "origin"
 UNPROVEN_FILE = "unproven.json"
-INDEX_FILE = "ptm-index"
 LEGACY_CLONE = "results"
 MAX_STATUS_BYTES = 256 * 1024
 ZERO = "0" * 40
-EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 
 class Ledger:
@@ -87,11 +87,13 @@ class Ledger:
         self._records: dict[str, str] | None = None  # task id -> status.yaml blob, from git
         self._unproven: dict[str, str] | None = None
         self._unpushed: bool | None = None  # None: not known yet, ask git
-        self._index_fresh = False
+        self._trees = JournalTrees(path, GitRepo(path))
         self._tip: str | None = None  # the local branch's commit, once asked (only we move it)
+        self._tip_tree: str | None = None
         self._tip_known = False
         self._push_lock = threading.Lock()
         self._last_commit: float | None = None  # wall clock; None: ask git once
+        self._identity_line = f"{_committer_name(site)} <{_committer_email(site)}>"
         self.identity = "unknown"  # set from the work directory (ptm.lease.agent_identity)
         self.on_foreign: Callable[[str], None] | None = None  # told of each foreign commit
         self.share: SharedConnection | None = None  # one SSH connection for every call
@@ -112,7 +114,8 @@ class Ledger:
         files a killed agent left in it."""
         if self.exists:
             branch_lock = f"refs/heads/{RESULTS_DIR}/{self.site}.lock"
-            locks = [f"{INDEX_FILE}.lock", "packed-refs.lock", "config.lock", branch_lock]
+            legacy_index = "ptm-index.lock"  # the private index of ptm before journal_objects
+            locks = [legacy_index, "packed-refs.lock", "config.lock", branch_lock]
             clear_stale_locks(self.path, locks)
             return
         partial = self.path.with_name(self.path.name + ".partial")
@@ -122,8 +125,8 @@ class Ledger:
         repo.run("init", "--quiet", "--bare", f"--initial-branch={self.branch}")
         repo.run("remote", "add", REMOTE, self.url)
         repo.run("config", f"remote.{REMOTE}.fetch", f"+{self.ref}:{self.remote_ref}")
-        repo.run("config", "user.name", f"ptm agent ({self.site})")
-        repo.run("config", "user.email", f"ptm-agent@{self.site}.invalid")
+        repo.run("config", "user.name", _committer_name(self.site))
+        repo.run("config", "user.email", _committer_email(self.site))
         legacy = self.path.with_name(LEGACY_CLONE)
         if (legacy / ".git").is_dir():  # ptm 0.1.0's results clone: this agent's own journal
             repo.run("fetch", "--quiet", "--no-tags", str(legacy), f"+{self.ref}:{self.ref}")
@@ -235,16 +238,24 @@ class Ledger:
         """The local branch's commit: asked of git once, then kept as this object moves it."""
         if not self._tip_known:
             self._tip = self.repo.rev_parse(self.ref)
+            self._tip_tree = None
             self._tip_known = True
         return self._tip
 
-    def _move(self, sha: str, parent: str | None) -> None:
+    def _head_tree(self) -> str | None:
+        """The tree of the local branch's commit (None: no commit yet)."""
+        tip = self._head()
+        if tip is not None and self._tip_tree is None:
+            self._tip_tree = self.repo.run("rev-parse", f"{tip}^{{tree}}")
+        return self._tip_tree
+
+    def _move(self, sha: str, parent: str | None, tree: str) -> None:
         try:
             self.repo.run("update-ref", self.ref, sha, parent or ZERO)
         except BaseException:
             self._tip_known = False
             raise
-        self._tip = sha
+        self._tip, self._tip_tree = sha, tree
 
     def _commit(
         self,
@@ -253,47 +264,36 @@ class Ledger:
         replace: str | None,
         message: str,
     ) -> tuple[str, dict[str, str]]:
-        """Commit; return the commit and the blob of each path written."""
-        repo = self.repo
-        env = {"GIT_INDEX_FILE": str(self.path / INDEX_FILE)}
+        """Commit; return the commit and the blob of each path written. Small files and the
+        trees are written here (``ptm.journal_objects``); big ones stream through git."""
         parent = self._head()
         try:
-            if not self._index_fresh:
-                repo.run("read-tree", parent or "--empty", env=env)
-            lines = []
-            if replace is not None:
-                old = repo.run("ls-files", "-z", "--", replace, env=env, strip=False)
-                lines += [f"0 {ZERO}\t{p}" for p in old.split("\0") if p]
-            blobs = repo.write_blobs(files, paths, staging=self.path / "ptm-staging")
-            lines += [f"100644 {blob}\t{p}" for p, blob in blobs.items()]
-            repo.run_with_input(
-                "update-index",
-                "-z",
-                "--index-info",
-                stdin="\0".join(lines).encode() + b"\0",
-                env=env,
-            )
-            tree = repo.run("write-tree", env=env)
+            blobs = {path: write_object(self.path, "blob", data) for path, data in files.items()}
+            if paths:
+                staging = self.path / "ptm-staging"
+                blobs.update(self.repo.write_blobs({}, paths, staging=staging))
+            drop = (replace.rstrip("/"),) if replace is not None else ()
+            tree = self._trees.change(self._head_tree(), blobs, drop)
             sha = self._commit_tree(tree, [parent] if parent else [], message)
-            self._move(sha, parent)
+            self._move(sha, parent, tree)
         except BaseException:
-            self._index_fresh = False
+            self._trees.forget()
             raise
-        self._index_fresh = True
         self._last_commit = time.time()
         return sha, blobs
 
     def _commit_tree(self, tree: str, parents: list[str], message: str) -> str:
-        args = ["commit-tree", tree, "-m", message]
+        if self.sign_key is None:
+            commit = commit_object(tree, parents, self._identity_line, message)
+            return write_object(self.path, "commit", commit)
+        if not self.sign_key.is_file():
+            raise RegistryError(
+                f"{self.sign_key}: the site's signing key (signing_key) is missing; "
+                "nothing was recorded, the next cycle tries again"
+            )
+        args = ["commit-tree", "-S", tree, "-m", message]
         for parent in parents:
             args += ["-p", parent]
-        if self.sign_key is not None:
-            if not self.sign_key.is_file():
-                raise RegistryError(
-                    f"{self.sign_key}: the site's signing key (signing_key) is missing; "
-                    "nothing was recorded, the next cycle tries again"
-                )
-            args.insert(1, "-S")
         return self.repo.run(*args, config=signing_config(self.sign_key))
 
     # ---- publishing -------------------------------------------------------------------------
@@ -380,11 +380,10 @@ class Ledger:
             self._note(message)
 
     def _note(self, message: str) -> None:
-        repo = self.repo
         parent = self._head()
-        tree = repo.run("rev-parse", f"{parent}^{{tree}}") if parent else EMPTY_TREE
+        tree = self._head_tree() or write_object(self.path, "tree", b"")
         sha = self._commit_tree(tree, [parent] if parent else [], message)
-        self._move(sha, parent)
+        self._move(sha, parent, tree)
         self._last_commit = time.time()
         self._unpushed = True
 
@@ -408,7 +407,15 @@ class Ledger:
             f"not made by this site's agent and are undone ({shas})"
         )
         merge = self._commit_tree(tree, [local, remote], message)
-        self._move(merge, local)
+        self._move(merge, local, tree)
+
+
+def _committer_name(site: str) -> str:
+    return f"ptm agent ({site})"
+
+
+def _committer_email(site: str) -> str:
+    return f"ptm-agent@{site}.invalid"
 
 
 def _parse_record(data: bytes | None, source: str) -> StatusRecord | None:

@@ -1,0 +1,175 @@
+"""The ledger's objects written by ptm itself: blobs, trees and commits as loose objects.
+
+A record changes a few small files (``status.yaml``, ``log.txt``) on a few folders of the
+agent's own bare repository. Writing them through git costs a process each for the blobs, the
+index, the trees and the commit, on every task's way from one state to the next; written here,
+a record costs one ``update-ref`` (the ledger moves its branch with git, which takes git's
+lock). Objects are git's loose format (``<kind> <size>\\0<data>``, zlib, named by SHA-1), each
+written to a temporary file and renamed into place, so a reader never sees half of one.
+
+``JournalTrees`` keeps the folders it last wrote or read (by path, a bounded number), so a
+record reads no tree from git; a folder it does not hold is read once, its size checked first.
+Big files (collected outputs, sealed results) are not read into memory here: the ledger hands
+them to ``git hash-object``, which streams them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+from ptm.errors import RegistryError
+from ptm.gitrepo import GitRepo
+from ptm.treecheck import TreeRefused, read_folder
+
+FILE_MODE = b"100644"
+TREE_MODE = b"40000"
+MAX_FOLDER_BYTES = 16 * 1024**2  # one folder's listing read back from git (~180,000 tasks)
+KEPT_FOLDERS = 256  # folders held in memory besides the top two, most recently used first
+
+Folder = dict[bytes, tuple[bytes, str]]  # name -> (mode, object id)
+
+
+def _header(kind: str, data: bytes) -> bytes:
+    return f"{kind} {len(data)}\0".encode()
+
+
+def object_id(kind: str, data: bytes) -> str:
+    return hashlib.sha1(_header(kind, data) + data, usedforsecurity=False).hexdigest()
+
+
+EMPTY_TREE = object_id("tree", b"")
+
+
+def write_object(repository: Path, kind: str, data: bytes) -> str:
+    """Write one loose object into the bare repository at ``repository``; its id."""
+    oid = object_id(kind, data)
+    folder = repository / "objects" / oid[:2]
+    target = folder / oid[2:]
+    if target.exists():
+        return oid
+    folder.mkdir(mode=0o755, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=folder, prefix="tmp_obj_")
+    temporary = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(zlib.compress(_header(kind, data) + data, 1))
+        temporary.chmod(0o444)
+        temporary.replace(target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return oid
+
+
+def tree_object(folder: Folder) -> bytes:
+    """A tree object of ``folder``, its entries in git's order (a folder sorts as ``name/``)."""
+
+    def order(name: bytes) -> bytes:
+        return name + b"/" if folder[name][0] == TREE_MODE else name
+
+    return b"".join(
+        folder[name][0] + b" " + name + b"\0" + bytes.fromhex(folder[name][1])
+        for name in sorted(folder, key=order)
+    )
+
+
+def commit_object(tree: str, parents: list[str], identity: str, message: str) -> bytes:
+    """A commit object as ``git commit-tree -m`` writes it (author and committer now)."""
+    offset = time.localtime().tm_gmtoff
+    sign = "+" if offset >= 0 else "-"
+    zone = f"{sign}{abs(offset) // 3600:02d}{abs(offset) % 3600 // 60:02d}"
+    stamp = f"{identity} {int(time.time())} {zone}"
+    lines = [f"tree {tree}", *(f"parent {p}" for p in parents)]
+    lines += [f"author {stamp}", f"committer {stamp}", "", message]
+    text = "\n".join(lines)
+    return (text if text.endswith("\n") else text + "\n").encode()
+
+
+class JournalTrees:
+    """Writes new root trees of the ledger's branch from changed paths, folder by folder."""
+
+    def __init__(
+        self, repository: Path, repo: GitRepo, *, max_folder_bytes: int = MAX_FOLDER_BYTES
+    ) -> None:
+        self.repository = repository
+        self.repo = repo
+        self.max_folder_bytes = max_folder_bytes
+        self._folders: OrderedDict[tuple[bytes, ...], tuple[str, Folder]] = OrderedDict()
+
+    def forget(self) -> None:
+        self._folders.clear()
+
+    def change(self, root: str | None, blobs: Mapping[str, str], drop: tuple[str, ...] = ()) -> str:
+        """The root tree that is ``root`` (None: empty) with ``blobs`` (path -> blob id) in
+        place and the folders ``drop`` (paths) gone; every tree it needs is written."""
+        edits: dict[tuple[bytes, ...], tuple[bytes, str] | None] = {}
+        for path in drop:
+            edits[_parts(path)] = None
+        for path, blob in blobs.items():
+            edits[_parts(path)] = (FILE_MODE, blob)
+        return self._write((), root, edits)
+
+    def _write(
+        self,
+        where: tuple[bytes, ...],
+        oid: str | None,
+        edits: Mapping[tuple[bytes, ...], tuple[bytes, str] | None],
+    ) -> str:
+        folder = dict(self._folder(where, oid)) if oid is not None else {}
+        below: dict[bytes, dict[tuple[bytes, ...], tuple[bytes, str] | None]] = {}
+        for parts, entry in edits.items():
+            if len(parts) == 1:
+                if entry is None:
+                    folder.pop(parts[0], None)
+                else:
+                    folder[parts[0]] = entry
+            else:
+                below.setdefault(parts[0], {})[parts[1:]] = entry
+        for name, inner in below.items():
+            current = folder.get(name)
+            sub = current[1] if current is not None and current[0] == TREE_MODE else None
+            if sub is None and all(entry is None for entry in inner.values()):
+                continue  # dropping something below a folder that is not there
+            written = self._write((*where, name), sub, inner)
+            folder[name] = (TREE_MODE, written)
+        for name in [n for n, (mode, oid) in folder.items() if mode == TREE_MODE]:
+            if folder[name][1] == EMPTY_TREE:
+                del folder[name]  # git keeps no empty folders
+        new = write_object(self.repository, "tree", tree_object(folder))
+        self._keep(where, new, folder)
+        return new
+
+    def _folder(self, where: tuple[bytes, ...], oid: str) -> Folder:
+        kept = self._folders.get(where)
+        if kept is not None and kept[0] == oid:
+            self._folders.move_to_end(where)
+            return kept[1]
+        shown = "/".join(p.decode("utf-8", "replace") for p in where) or "the top folder"
+        try:
+            listing = read_folder(self.repo, oid, where=shown, max_bytes=self.max_folder_bytes)
+        except TreeRefused as exc:
+            raise RegistryError(f"the results journal {self.repository}: {exc}") from exc
+        folder = {entry.name: (entry.mode, entry.oid) for entry in listing}
+        self._keep(where, oid, folder)
+        return folder
+
+    def _keep(self, where: tuple[bytes, ...], oid: str, folder: Folder) -> None:
+        self._folders[where] = (oid, folder)
+        self._folders.move_to_end(where)
+        while len(self._folders) > KEPT_FOLDERS + 2:
+            oldest = next(iter(self._folders))
+            if len(oldest) <= 1:  # the top folder and results/ are wanted by every record
+                self._folders.move_to_end(oldest)
+                continue
+            del self._folders[oldest]
+
+
+def _parts(path: str) -> tuple[bytes, ...]:
+    return tuple(part.encode() for part in path.split("/"))

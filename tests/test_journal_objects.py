@@ -1,0 +1,185 @@
+"""The ledger's own object writer against real git: git reads, checks (fsck) and agrees on
+every object it writes, and the ledger's branch stays one git fully accepts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ptm.errors import RegistryError
+from ptm.gitrepo import GitRepo
+from ptm.journal_objects import (
+    EMPTY_TREE,
+    JournalTrees,
+    commit_object,
+    object_id,
+    tree_object,
+    write_object,
+)
+from ptm.ledger import Ledger
+from ptm.status import StatusRecord, utc_now_text
+from tests.fixtures_git import git
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Path:
+    path = tmp_path / "journal.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
+    return path
+
+
+def git_bytes(cwd: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, input=stdin, capture_output=True, check=True
+    ).stdout
+
+
+def fsck(repository: Path) -> None:
+    done = subprocess.run(
+        ["git", "fsck", "--strict", "--no-dangling"], cwd=repository, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+def test_a_blob_is_the_object_git_writes_and_reads(bare: Path) -> None:
+    data = b"state: completed\n\0binary\xff\n"
+    oid = write_object(bare, "blob", data)
+    assert oid == git_bytes(bare, "hash-object", "--stdin", stdin=data).decode().strip()
+    assert git_bytes(bare, "cat-file", "blob", oid) == data
+    assert write_object(bare, "blob", data) == oid  # written once, found the second time
+    assert not list((bare / "objects" / oid[:2]).glob("tmp_obj_*"))
+    fsck(bare)
+
+
+def test_a_tree_lists_its_entries_in_gits_order(bare: Path) -> None:
+    blob = write_object(bare, "blob", b"x\n")
+    sub = write_object(bare, "tree", tree_object({b"f": (b"100644", blob)}))
+    # git sorts a folder as if its name ended in "/": "a.b" < "a/" < "a0", but "a" (file) < "a.b"
+    folder = {
+        b"a0": (b"100644", blob),
+        b"a": (b"40000", sub),
+        b"a.b": (b"100644", blob),
+        b"b": (b"100644", blob),
+    }
+    oid = write_object(bare, "tree", tree_object(folder))
+    listing = "".join(
+        f"{mode.decode().zfill(6)} {'tree' if mode == b'40000' else 'blob'} {o}\t{n.decode()}\n"
+        for n, (mode, o) in folder.items()
+    )
+    made = git_bytes(bare, "mktree", stdin=listing.encode()).decode().strip()
+    assert oid == made
+    assert git(bare, "ls-tree", "--name-only", oid).split() == ["a.b", "a", "a0", "b"]
+    assert (
+        object_id("tree", b"") == EMPTY_TREE == git(bare, "hash-object", "-t", "tree", "/dev/null")
+    )
+    fsck(bare)
+
+
+def test_a_commit_is_one_git_reads_with_its_parents_and_message(bare: Path) -> None:
+    tree = write_object(bare, "tree", b"")
+    first = write_object(
+        bare, "commit", commit_object(tree, [], "ptm agent (s1) <a@s1.invalid>", "one")
+    )
+    second = write_object(
+        bare,
+        "commit",
+        commit_object(tree, [first], "ptm agent (s1) <a@s1.invalid>", "two\n\nTask: t1\n"),
+    )
+    assert git(bare, "log", "--format=%s|%an|%ae|%P", second).splitlines() == [
+        f"two|ptm agent (s1)|a@s1.invalid|{first}",
+        "one|ptm agent (s1)|a@s1.invalid|",
+    ]
+    assert git(bare, "log", "-1", "--format=%(trailers:key=Task,valueonly)", second) == "t1"
+    fsck(bare)
+
+
+def test_changed_paths_rewrite_only_their_folders_and_drop_empty_ones(bare: Path) -> None:
+    trees = JournalTrees(bare, GitRepo(bare))
+    blob = write_object(bare, "blob", b"1\n")
+    other = write_object(bare, "blob", b"2\n")
+    root = trees.change(
+        None,
+        {"results/t1/s1/status.yaml": blob, "results/t1/s1/output/a.csv": blob, "README": other},
+    )
+    untouched = git(bare, "rev-parse", f"{root}:README")
+    root = trees.change(root, {"results/t1/s1/output/b.csv": other}, ("results/t1/s1/output",))
+    assert git(bare, "ls-tree", "-r", "--name-only", root).split() == [
+        "README",
+        "results/t1/s1/output/b.csv",
+        "results/t1/s1/status.yaml",
+    ]
+    assert git(bare, "rev-parse", f"{root}:README") == untouched
+    root = trees.change(root, {}, ("results/t1/s1/output", "results/t9/s1/output"))
+    assert git(bare, "ls-tree", "-r", "--name-only", root).split() == [
+        "README",
+        "results/t1/s1/status.yaml",
+    ]
+    fsck(bare)
+
+
+def test_a_folder_it_does_not_hold_is_read_from_git_once_with_its_size_checked(
+    bare: Path,
+) -> None:
+    blob = write_object(bare, "blob", b"1\n")
+    root = JournalTrees(bare, GitRepo(bare)).change(
+        None, {f"results/t{n}/s1/status.yaml": blob for n in range(50)}
+    )
+    fresh = JournalTrees(bare, GitRepo(bare))  # a restarted agent: nothing held yet
+    root = fresh.change(root, {"results/t50/s1/status.yaml": blob})
+    assert len(git(bare, "ls-tree", "--name-only", f"{root}:results").split()) == 51
+    small = JournalTrees(bare, GitRepo(bare), max_folder_bytes=1000)
+    with pytest.raises(RegistryError, match=r"results: its listing is \d+ bytes, at most 1000"):
+        small.change(root, {"results/t51/s1/status.yaml": blob})
+
+
+def record(task: str, state: str = "accepted") -> StatusRecord:
+    return StatusRecord(
+        task=task,
+        site="s1",
+        state=state,  # type: ignore[arg-type]
+        task_commit="a" * 40,
+        received_at=utc_now_text(),
+        agent="ptm test",
+        submitted_by=None,
+        image="ptm-test/busybox:latest",
+    )
+
+
+def test_the_ledgers_records_are_commits_git_fully_accepts(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(registry)], check=True)
+    ledger = Ledger(tmp_path / "ledger", url=str(registry), site="s1", ssh_key=None, sign_key=None)
+    ledger.ensure()
+    outputs = tmp_path / "outputs"
+    (outputs / "deep").mkdir(parents=True)
+    (outputs / "deep" / "r.csv").write_text("a,b\n")
+    ledger.record(record("t1"))
+    ledger.record(record("t1", "completed"), log=b"hello\n", outputs=outputs)
+    ledger.note("s1: agent alive", ["Ptm-Lease: renewed"])
+    ledger.record(record("t1", "completed"), remove_outputs=True, message="t1: outputs withdrawn")
+    ledger.record(record("t2"))
+    journal = ledger.path
+    fsck(journal)
+    assert git(journal, "ls-tree", "-r", "--name-only", ledger.ref).split() == [
+        "results/t1/s1/log.txt",
+        "results/t1/s1/status.yaml",
+        "results/t2/s1/status.yaml",
+    ]
+    subjects = git(journal, "log", "--format=%s", ledger.ref).splitlines()
+    assert subjects == [
+        "t2: accepted at s1",
+        "t1: outputs withdrawn",
+        "s1: agent alive",
+        "t1: completed at s1",
+        "t1: accepted at s1",
+    ]
+    withdrawn = git(journal, "rev-parse", f"{ledger.ref}~2")
+    assert git(journal, "show", f"{withdrawn}:results/t1/s1/output/deep/r.csv") == "a,b"
+    reopened = Ledger(journal, url=str(registry), site="s1", ssh_key=None, sign_key=None)
+    status = reopened.status_of("t1")
+    assert status is not None and status.state == "completed"
+    assert reopened.push() and git(registry, "rev-parse", ledger.ref) == git(
+        journal, "rev-parse", ledger.ref
+    )
