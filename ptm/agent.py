@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from ptm import __version__
 from ptm.engine_wait import AgentStopping, EngineWait
@@ -33,6 +34,14 @@ from ptm.sync import TaskChange, TaskSnapshot
 from ptm.task import CANCEL_FILE, Task
 from ptm.treecheck import TREE_MODE, RawEntry, TreeRefused, read_folder
 from ptm.workdir import WorkDir
+
+
+class Acceptance(NamedTuple):
+    """A new task the site accepts, not recorded yet."""
+
+    task: Task
+    record: StatusRecord
+    snapshot: TaskSnapshot
 
 
 @dataclass(frozen=True)
@@ -200,10 +209,18 @@ class Agent:
                 fresh.append(task_id)
         index = self.mirror.index(head)
         started = 0
+        waiting: list[Acceptance] = []
         for snapshot in self.mirror.snapshots(index, fresh).values():
-            self._receive(snapshot)
-            started += self.runs.start_ready()
-        return started
+            acceptance = self._receive(snapshot)
+            if acceptance is None:
+                continue
+            if waiting or self.runs.free_slots() == 0:
+                waiting.append(acceptance)  # no slot for it now: recorded with the others
+            else:
+                self.accept(*acceptance)
+                started += self.runs.start_ready()
+        self._accept_all(waiting)
+        return started + self.runs.start_ready()
 
     def _handle_known(self, change: TaskChange, task_id: str, head: str) -> None:
         if change.is_new:
@@ -266,7 +283,9 @@ class Agent:
             "are undone by this agent's next push and it is never acted on"
         )
 
-    def _receive(self, snapshot: TaskSnapshot) -> None:
+    def _receive(self, snapshot: TaskSnapshot) -> Acceptance | None:
+        """Judge a new task and record what was decided, unless it is accepted: then what
+        ``accept`` needs (the caller records it, maybe with others in one move)."""
         task_id = snapshot.task_id
         verdict = judge(self.mirror, self.config, snapshot)
         decision = verdict.decision
@@ -288,10 +307,10 @@ class Agent:
                 f"task {task_id} ignored: it is invalid and does not readably ask for this "
                 f"site: {verdict.invalid.problems[0]}"
             )
-            return
+            return None
         if not decision.for_this_site:
             self.log.debug("task %s is not for this site", task_id, extra={"task": task_id})
-            return
+            return None
         record = StatusRecord(
             task=task_id,
             site=self.config.site,
@@ -319,7 +338,8 @@ class Agent:
                 extra={"task": task_id, "decision": "awaiting_approval"},
             )
         else:
-            self.accept(verdict.task, record, snapshot)
+            return Acceptance(verdict.task, record, snapshot)
+        return None
 
     def _reject(self, record: StatusRecord, reason: str) -> None:
         self.finish_now(record, "rejected", reason)
@@ -343,16 +363,26 @@ class Agent:
         return task
 
     def accept(self, task: Task, record: StatusRecord, snapshot: TaskSnapshot) -> None:
-        accepted = replace(record, state="accepted")
-        prepare_run(self.workdir, task, snapshot, self.mirror.repo)
-        self.ledger.record(accepted)
-        self.log.info(
-            "task %s accepted (image %s)",
-            task.id,
-            task.image,
-            extra={"task": task.id, "decision": "accepted"},
-        )
-        self.runs.add(QueuedRun(task, accepted, None))
+        self._accept_all([Acceptance(task, record, snapshot)])
+
+    def _accept_all(self, acceptances: list[Acceptance]) -> None:
+        """Prepare each run, record every ``accepted`` with one move of the branch, and only
+        then queue them (a run must not start before its acceptance is recorded)."""
+        if not acceptances:
+            return
+        queued = []
+        for task, record, snapshot in acceptances:
+            prepare_run(self.workdir, task, snapshot, self.mirror.repo)
+            queued.append(QueuedRun(task, replace(record, state="accepted"), None))
+        self.ledger.record_all([q.record for q in queued])
+        for run in queued:
+            self.log.info(
+                "task %s accepted (image %s)",
+                run.task.id,
+                run.task.image,
+                extra={"task": run.task.id, "decision": "accepted"},
+            )
+            self.runs.add(run)
 
     def _refuse_cancel(self, existing: StatusRecord, why: str) -> None:
         self.log.warning(

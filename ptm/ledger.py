@@ -22,7 +22,8 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ptm.adoption import adoption_unproven, status_blobs
@@ -209,10 +210,31 @@ class Ledger:
         sealed: Path | None = None,
     ) -> str:
         """Commit ``status.yaml`` (and the log, output files or sealed result, if given)."""
+        change = self._change(status, log, outputs, message, remove_outputs, note, sealed)
+        return self._commit_all([change])
+
+    def record_all(self, statuses: Sequence[StatusRecord]) -> str | None:
+        """Commit each record as a commit of its own and move the branch once, at the end:
+        all of them exist from that moment on, none before (a cycle's many new tasks)."""
+        if not statuses:
+            return None
+        return self._commit_all(
+            [self._change(s, None, None, None, False, None, None) for s in statuses]
+        )
+
+    def _change(
+        self,
+        status: StatusRecord,
+        log: bytes | None,
+        outputs: Path | None,
+        message: str | None,
+        remove_outputs: bool,
+        note: str | None,
+        sealed: Path | None,
+    ) -> _Change:
         folder = result_path(status.task, self.site)
-        files: dict[str, bytes] = {
-            f"{folder}/{STATUS_FILE}": dump_yaml(status.to_document()).encode()
-        }
+        status_path = f"{folder}/{STATUS_FILE}"
+        files: dict[str, bytes] = {status_path: dump_yaml(status.to_document()).encode()}
         if log is not None:
             files[f"{folder}/{LOG_FILE}"] = log
         paths: dict[str, Path] = {}
@@ -220,7 +242,7 @@ class Ledger:
             paths = {f"{folder}/{OUTPUT_DIR}/{rel}": p for rel, p in _own_files(outputs)}
         if sealed is not None:
             paths[f"{folder}/{SEALED_FILE}"] = sealed
-        replace = f"{folder}/{OUTPUT_DIR}/" if outputs is not None or remove_outputs else None
+        replace = f"{folder}/{OUTPUT_DIR}" if outputs is not None or remove_outputs else None
         subject = message or f"{status.task}: {status.state} at {self.site}"
         body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"
         if status.reason:
@@ -228,11 +250,7 @@ class Ledger:
         if note:
             body += f"\n{note}"
         body += f"\n{AGENT_TRAILER}: {self.identity}"
-        with self._lock:
-            sha, blobs = self._commit(files, paths, replace, subject + body)
-            self._known()[status.task] = blobs[f"{folder}/{STATUS_FILE}"]
-            self._unpushed = True
-            return sha
+        return _Change(status.task, status_path, files, paths, replace, subject + body)
 
     def _head(self) -> str | None:
         """The local branch's commit: asked of git once, then kept as this object moves it."""
@@ -257,30 +275,33 @@ class Ledger:
             raise
         self._tip, self._tip_tree = sha, tree
 
-    def _commit(
-        self,
-        files: Mapping[str, bytes],
-        paths: Mapping[str, Path],
-        replace: str | None,
-        message: str,
-    ) -> tuple[str, dict[str, str]]:
-        """Commit; return the commit and the blob of each path written. Small files and the
-        trees are written here (``ptm.journal_objects``); big ones stream through git."""
-        parent = self._head()
-        try:
-            blobs = {path: write_object(self.path, "blob", data) for path, data in files.items()}
-            if paths:
-                staging = self.path / "ptm-staging"
-                blobs.update(self.repo.write_blobs({}, paths, staging=staging))
-            drop = (replace.rstrip("/"),) if replace is not None else ()
-            tree = self._trees.change(self._head_tree(), blobs, drop)
-            sha = self._commit_tree(tree, [parent] if parent else [], message)
-            self._move(sha, parent, tree)
-        except BaseException:
-            self._trees.forget()
-            raise
-        self._last_commit = time.time()
-        return sha, blobs
+    def _commit_all(self, changes: Sequence[_Change]) -> str:
+        """A commit for each change, one after the other, then one move of the branch; the
+        last commit. Small files and the trees are written here (``ptm.journal_objects``),
+        big ones stream through git."""
+        with self._lock:
+            parent = self._head()
+            tip, tree = parent, self._head_tree()
+            written: dict[str, str] = {}
+            try:
+                for change in changes:
+                    blobs = {p: write_object(self.path, "blob", d) for p, d in change.files.items()}
+                    if change.paths:
+                        staging = self.path / "ptm-staging"
+                        blobs.update(self.repo.write_blobs({}, change.paths, staging=staging))
+                    drop = (change.replace,) if change.replace is not None else ()
+                    tree = self._trees.change(tree, blobs, drop)
+                    tip = self._commit_tree(tree, [tip] if tip else [], change.message)
+                    written[change.task] = blobs[change.status_path]
+                assert tip is not None and tree is not None
+                self._move(tip, parent, tree)
+            except BaseException:
+                self._trees.forget()
+                raise
+            self._known().update(written)
+            self._unpushed = True
+            self._last_commit = time.time()
+            return tip
 
     def _commit_tree(self, tree: str, parents: list[str], message: str) -> str:
         if self.sign_key is None:
@@ -408,6 +429,18 @@ class Ledger:
         )
         merge = self._commit_tree(tree, [local, remote], message)
         self._move(merge, local, tree)
+
+
+@dataclass(frozen=True)
+class _Change:
+    """One record's files and commit message, before anything is written."""
+
+    task: str
+    status_path: str
+    files: Mapping[str, bytes]
+    paths: Mapping[str, Path]
+    replace: str | None  # the output folder, when it is written anew (or withdrawn)
+    message: str
 
 
 def _committer_name(site: str) -> str:

@@ -45,6 +45,11 @@ class RunQueue:
         with self._lock:
             self._queue.append(run)
 
+    def free_slots(self) -> int:
+        """Slots a run could start in now (none while runs wait for one)."""
+        with self._lock:
+            return max(0, self.max_parallel - len(self._running) - len(self._queue))
+
     def start_ready(self) -> int:
         """Start queued runs while slots are free; how many were started."""
         with self._lock:

@@ -1,5 +1,6 @@
 """Throughput: a run's end hands its slot to the next queued task at once (no cycle needed),
-each task is started once, and ``poll_interval`` takes fractions down to 0.5 s."""
+the tasks that wait for a slot are recorded together (a commit each), each task is started
+once, and ``poll_interval`` takes fractions down to 0.5 s."""
 
 from __future__ import annotations
 
@@ -39,6 +40,22 @@ def test_a_freed_slot_starts_the_next_queued_task_without_a_cycle(
     agent.publish()
     for n in range(4):  # pull: never with the image present: no 'pulling' is recorded
         assert states_in_history(bare_registry, f"q-{n}") == ["accepted", "running", "completed"]
+    # The three that waited for the slot were recorded together, still a commit each.
+    accepted = git(
+        bare_registry,
+        "log",
+        "--format=%x00%s",
+        "--name-only",
+        "--grep=accepted",
+        "results/hospital-a",
+    )
+    changes = [entry.split("\n", 1) for entry in accepted.split("\0") if entry]
+    assert sorted(subject for subject, _ in changes) == [
+        f"q-{n}: accepted at hospital-a" for n in range(4)
+    ]
+    for subject, names in changes:
+        task = subject.split(":")[0]
+        assert names.split() == [f"results/{task}/hospital-a/status.yaml"]
 
 
 def test_poll_interval_takes_fractions_down_to_half_a_second(tmp_path: Path) -> None:

@@ -183,3 +183,24 @@ def test_the_ledgers_records_are_commits_git_fully_accepts(tmp_path: Path) -> No
     assert reopened.push() and git(registry, "rev-parse", ledger.ref) == git(
         journal, "rev-parse", ledger.ref
     )
+
+
+def test_many_records_are_a_commit_each_and_one_move_of_the_branch(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(registry)], check=True)
+    ledger = Ledger(tmp_path / "ledger", url=str(registry), site="s1", ssh_key=None, sign_key=None)
+    ledger.ensure()
+    first = ledger.record(record("t0"))
+    assert ledger.record_all([]) is None
+    last = ledger.record_all([record(f"t{n}") for n in range(1, 4)])
+    journal = ledger.path
+    assert git(journal, "rev-parse", ledger.ref) == last
+    assert git(journal, "log", "--format=%s", f"{first}..{last}").splitlines() == [
+        "t3: accepted at s1",
+        "t2: accepted at s1",
+        "t1: accepted at s1",
+    ]
+    assert git(journal, "rev-list", "--count", f"{first}..{last}") == "3"
+    assert git(journal, "diff", "--name-only", f"{last}~1", last) == "results/t3/s1/status.yaml"
+    assert sorted(r.task for r in ledger.open_tasks()) == ["t0", "t1", "t2", "t3"]
+    fsck(journal)
