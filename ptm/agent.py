@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -42,6 +43,9 @@ class Acceptance(NamedTuple):
     task: Task
     record: StatusRecord
     snapshot: TaskSnapshot
+
+
+PUSH_SPACING_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class Agent:
         )
         self.runs = RunQueue(config.limits.max_parallel, self._run, self.stopping)
         self.wakeup = threading.Event()
+        self.push_due: float | None = None  # (monotonic) when results held back are pushed
+        self._last_push = float("-inf")
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -166,7 +172,22 @@ class Agent:
         new = sum(1 for c in changes if c.is_new)
         return CycleReport(head, new, started, self.publish(), idle=False)
 
+    def publish_results(self) -> bool:
+        """What a run's end needs (no poll): the next queued task started, the result pushed.
+        While other tasks still run, pushes are at least PUSH_SPACING_S apart (each one costs
+        the registry a pack; a busy site's results then wait up to that long); once none
+        runs, at once. Whether it pushed."""
+        self.runs.reap()
+        self.runs.start_ready()
+        spaced = self._last_push + PUSH_SPACING_S
+        if self.runs.busy() and time.monotonic() < spaced:
+            self.push_due = spaced
+            return False
+        return self.publish()
+
     def publish(self) -> bool:
+        self.push_due = None
+        self._last_push = time.monotonic()
         try:
             self.ledger.renew_lease()
             return self.ledger.push()

@@ -50,6 +50,11 @@ class RunQueue:
         with self._lock:
             return max(0, self.max_parallel - len(self._running) - len(self._queue))
 
+    def busy(self) -> bool:
+        """Whether a run is going on or waits for a slot."""
+        with self._lock:
+            return bool(self._running or self._queue)
+
     def start_ready(self) -> int:
         """Start queued runs while slots are free; how many were started."""
         with self._lock:

@@ -66,6 +66,7 @@ class _Wake(FileSystemEventHandler):
         self._event = event
         self._files = files
         self._inbox = inbox
+        self.hint = threading.Event()  # what woke the loop was the registry or a decision
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = written_path(event)
@@ -73,6 +74,7 @@ class _Wake(FileSystemEventHandler):
             return
         in_inbox = str(Path(path).parent) == self._inbox and path.endswith(".json")
         if path in self._files or in_inbox:
+            self.hint.set()
             self._event.set()
 
 
@@ -119,6 +121,12 @@ class WakeWatcher:
             self._observer.unschedule_all()
         return self
 
+    def take_hint(self) -> bool:
+        """Whether the registry's ref or the decisions folder was written since last asked."""
+        hinted = self._handler.hint.is_set()
+        self._handler.hint.clear()
+        return hinted
+
     def __exit__(self, *exc: object) -> None:
         if self._observer.is_alive():
             self._observer.stop()
@@ -148,8 +156,11 @@ def retry_delay(poll_interval: float, failures: int) -> float:
 def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
     """The watch loop: a cycle whenever the registry may have moved, until ``stop`` is set.
 
-    A registry or engine that is unreachable (at start or later) is retried with backoff;
-    results committed meanwhile stay on the local results branch until a push goes through.
+    A run's end wakes the loop too, but only to push its result (``Agent.publish_results``):
+    the registry is polled when the watcher saw it move or an admin decide, or when the poll
+    interval is up. A registry or engine that is unreachable (at start or later) is retried
+    with backoff; results committed meanwhile stay on the local results branch until a push
+    goes through.
     """
     registry = agent.config.registry
     local = local_registry_path(registry.url)
@@ -161,6 +172,7 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
         decisions=decisions_dir(agent.workdir),
     )
     started, failures = False, 0
+    next_poll = time.monotonic()
     with watcher:
         if watcher.problem:
             agent.log.warning(
@@ -170,38 +182,21 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
                 extra={"decision": "polling"},
             )
         while not stop.is_set():
-            woken = agent.wakeup.is_set()
             agent.wakeup.clear()
-            agent.log.debug(
-                "cycle (%s)",
-                "woken" if woken else "retry" if failures else "poll",
-                extra={"decision": "cycle"},
-            )
-            began = time.monotonic()
-            try:
-                if not started:
-                    agent.start()
-                    started = True
-                agent.cycle()
-                failures = 0
-            except TamperingDetected as exc:
-                agent.log.error("%s", exc, extra={"decision": "halted"})
-            except PtmError as exc:
-                failures += 1
+            hinted = watcher.take_hint()
+            if started and failures == 0 and not hinted and time.monotonic() < next_poll:
+                agent.publish_results()
+            else:
+                began = time.monotonic()
+                started, failures = _cycle(agent, stop, started, failures, hinted)
                 if stop.is_set():
                     break
-                agent.log.warning(
-                    "cycle failed (%d in a row), retrying in %.0fs: %s",
-                    failures,
-                    retry_delay(agent.config.poll_interval, failures),
-                    exc,
-                    extra={"decision": "cycle-failed"},
-                )
-            delay = retry_delay(agent.config.poll_interval, failures)
-            if failures == 0:  # a poll every poll_interval, however long the cycle took
-                delay = max(0.0, delay - (time.monotonic() - began))
+                next_poll = began + retry_delay(agent.config.poll_interval, failures)
+            wake_at = next_poll
+            if agent.push_due is not None and failures == 0:
+                wake_at = min(wake_at, agent.push_due)
             # A backoff is not cut short by a wakeup (it is kept for the cycle after it).
-            _sleep_until(agent.wakeup, stop, delay, wake_early=failures == 0)
+            _sleep_until(agent.wakeup, stop, wake_at - time.monotonic(), wake_early=failures == 0)
     running = agent.hand_back() if started else 0
     if running:
         agent.log.info(
@@ -209,6 +204,37 @@ def run_until_stopped(agent: Agent, stop: threading.Event) -> None:
             running,
             extra={"decision": "stopped"},
         )
+
+
+def _cycle(
+    agent: Agent, stop: threading.Event, started: bool, failures: int, hinted: bool
+) -> tuple[bool, int]:
+    """One whole cycle (the first one starts the agent); (started, failures in a row)."""
+    agent.log.debug(
+        "cycle (%s)",
+        "woken" if hinted else "retry" if failures else "poll",
+        extra={"decision": "cycle"},
+    )
+    try:
+        if not started:
+            agent.start()
+            started = True
+        agent.cycle()
+        return started, 0
+    except TamperingDetected as exc:
+        agent.log.error("%s", exc, extra={"decision": "halted"})
+        return started, failures
+    except PtmError as exc:
+        failures += 1
+        if not stop.is_set():
+            agent.log.warning(
+                "cycle failed (%d in a row), retrying in %.0fs: %s",
+                failures,
+                retry_delay(agent.config.poll_interval, failures),
+                exc,
+                extra={"decision": "cycle-failed"},
+            )
+        return started, failures
 
 
 def _sleep_until(

@@ -3,6 +3,7 @@ cycles fail. Cycles are counted from the loop's own log records, never from timi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -102,6 +103,37 @@ def test_idle_agent_sleeps_and_a_push_wakes_it(
         reasons = [r.getMessage() for r in records.decisions("cycle")[idle_cycles:]]
         assert reasons[0] == "cycle (woken)"  # the push woke it, long before the 30 s poll
         wait_for(lambda: _state(bare_registry, "t-new") == "completed", timeout=60)
+
+
+PUSH_LOG_HOOK = """#!/bin/sh
+while read old new ref; do
+    case "$ref" in refs/heads/results/*) date +%s.%N >> "$0.log" ;; esac
+done
+"""
+
+
+@pytest.mark.docker
+def test_a_runs_end_pushes_its_result_without_a_poll_spaced_while_others_run(
+    bare_registry: Path, tmp_path: Path, docker_client: object
+) -> None:
+    hook = bare_registry / "hooks" / "post-receive"
+    hook.write_text(PUSH_LOG_HOOK)
+    hook.chmod(0o755)
+    researcher = Researcher(bare_registry, tmp_path / "researcher")
+    tasks = [f"t-{n}" for n in range(6)]
+    for task in tasks:
+        researcher.submit(task, "sleep 0.3")
+    agent = agent_for(tmp_path, bare_registry, poll_interval=30, limits={"max_parallel": 2})
+    with watching(agent) as records:
+        wait_for(lambda: all(_state(bare_registry, t) == "completed" for t in tasks), 120)
+        cycles = len(records.decisions("cycle"))
+        pushes = [float(line) for line in Path(f"{hook}.log").read_text().split()]
+    assert cycles == 1  # six runs ended: none of them polled the registry
+    # While tasks run a push waits a second after the one before (tasks here end a few tens
+    # of milliseconds apart); the last one, with nothing running any more, goes at once. (The
+    # hook sees a push's end: half a second leaves room for pushes of different sizes.)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(pushes)]
+    assert len(pushes) >= 3 and all(gap > 0.5 for gap in gaps[:-1]), gaps
 
 
 def _state(registry: Path, task_id: str) -> object:
