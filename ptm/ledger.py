@@ -22,8 +22,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ptm.adoption import adoption_unproven, status_blobs
@@ -39,17 +38,10 @@ from ptm.lease import (
     held_by_other,
     read_tip,
 )
+from ptm.record_change import RecordChange, record_change
 from ptm.registry import ssh_environment
-from ptm.result_layout import (
-    LOG_FILE,
-    OUTPUT_DIR,
-    RESULTS_DIR,
-    SEALED_FILE,
-    STATUS_FILE,
-    result_path,
-    results_branch,
-)
-from ptm.schema import dump_yaml, load_yaml_text
+from ptm.result_layout import RESULTS_DIR, result_path, results_branch
+from ptm.schema import load_yaml_text
 from ptm.ssh_share import SharedConnection
 from ptm.status import StatusRecord
 from ptm.tree_paths import read_blobs as read_capped_blobs
@@ -210,7 +202,17 @@ class Ledger:
         sealed: Path | None = None,
     ) -> str:
         """Commit ``status.yaml`` (and the log, output files or sealed result, if given)."""
-        change = self._change(status, log, outputs, message, remove_outputs, note, sealed)
+        change = record_change(
+            status,
+            self.site,
+            self.identity,
+            log=log,
+            outputs=outputs,
+            message=message,
+            remove_outputs=remove_outputs,
+            note=note,
+            sealed=sealed,
+        )
         return self._commit_all([change])
 
     def record_all(self, statuses: Sequence[StatusRecord]) -> str | None:
@@ -218,39 +220,7 @@ class Ledger:
         all of them exist from that moment on, none before (a cycle's many new tasks)."""
         if not statuses:
             return None
-        return self._commit_all(
-            [self._change(s, None, None, None, False, None, None) for s in statuses]
-        )
-
-    def _change(
-        self,
-        status: StatusRecord,
-        log: bytes | None,
-        outputs: Path | None,
-        message: str | None,
-        remove_outputs: bool,
-        note: str | None,
-        sealed: Path | None,
-    ) -> _Change:
-        folder = result_path(status.task, self.site)
-        status_path = f"{folder}/{STATUS_FILE}"
-        files: dict[str, bytes] = {status_path: dump_yaml(status.to_document()).encode()}
-        if log is not None:
-            files[f"{folder}/{LOG_FILE}"] = log
-        paths: dict[str, Path] = {}
-        if outputs is not None:
-            paths = {f"{folder}/{OUTPUT_DIR}/{rel}": p for rel, p in _own_files(outputs)}
-        if sealed is not None:
-            paths[f"{folder}/{SEALED_FILE}"] = sealed
-        replace = f"{folder}/{OUTPUT_DIR}" if outputs is not None or remove_outputs else None
-        subject = message or f"{status.task}: {status.state} at {self.site}"
-        body = f"\n\nTask: {status.task}\nSite: {self.site}\nState: {status.state}"
-        if status.reason:
-            body += f"\nReason: {' '.join(status.reason.split())[:300]}"
-        if note:
-            body += f"\n{note}"
-        body += f"\n{AGENT_TRAILER}: {self.identity}"
-        return _Change(status.task, status_path, files, paths, replace, subject + body)
+        return self._commit_all([record_change(s, self.site, self.identity) for s in statuses])
 
     def _head(self) -> str | None:
         """The local branch's commit: asked of git once, then kept as this object moves it."""
@@ -275,7 +245,7 @@ class Ledger:
             raise
         self._tip, self._tip_tree = sha, tree
 
-    def _commit_all(self, changes: Sequence[_Change]) -> str:
+    def _commit_all(self, changes: Sequence[RecordChange]) -> str:
         """A commit for each change, one after the other, then one move of the branch; the
         last commit. Small files and the trees are written here (``ptm.journal_objects``),
         big ones stream through git."""
@@ -431,18 +401,6 @@ class Ledger:
         self._move(merge, local, tree)
 
 
-@dataclass(frozen=True)
-class _Change:
-    """One record's files and commit message, before anything is written."""
-
-    task: str
-    status_path: str
-    files: Mapping[str, bytes]
-    paths: Mapping[str, Path]
-    replace: str | None  # the output folder, when it is written anew (or withdrawn)
-    message: str
-
-
 def _committer_name(site: str) -> str:
     return f"ptm agent ({site})"
 
@@ -459,13 +417,6 @@ def _parse_record(data: bytes | None, source: str) -> StatusRecord | None:
         return StatusRecord.from_document(document, source=source)
     except InvalidDocument:
         return None
-
-
-def _own_files(folder: Path) -> Iterator[tuple[str, Path]]:
-    """Regular files below a folder this agent made itself (collected outputs)."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            yield path.relative_to(folder).as_posix(), path
 
 
 def _is_rejected_push(message: str) -> bool:

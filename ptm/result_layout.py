@@ -5,6 +5,8 @@ read it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 RESULTS_DIR = "results"
 STATUS_FILE = "status.yaml"
 LOG_FILE = "log.txt"
@@ -18,3 +20,13 @@ def results_branch(site: str) -> str:
 
 def result_path(task_id: str, site: str) -> str:
     return f"{RESULTS_DIR}/{task_id}/{site}"
+
+
+def own_files(folder: Path) -> list[tuple[str, Path]]:
+    """Regular files below a folder this agent made itself (collected outputs), sorted, each
+    with its path relative to ``folder``."""
+    return [
+        (path.relative_to(folder).as_posix(), path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    ]

@@ -51,7 +51,7 @@ from ptm.encryption import (
 )
 from ptm.errors import InvalidDocument
 from ptm.outputs import name_problem
-from ptm.result_layout import LOG_FILE, OUTPUT_DIR, SEALED_FILE, STATUS_FILE
+from ptm.result_layout import LOG_FILE, OUTPUT_DIR, SEALED_FILE, STATUS_FILE, own_files
 from ptm.schema import dump_yaml, load_yaml_text
 from ptm.siteconfig import SiteConfig
 from ptm.status import StatusRecord, load_status
@@ -120,7 +120,7 @@ def seal(
         (LOG_FILE, log),
     ]
     if outputs is not None:
-        members += [(f"{OUTPUT_DIR}/{rel}", path) for rel, path in _files(outputs)]
+        members += [(f"{OUTPUT_DIR}/{rel}", path) for rel, path in own_files(outputs)]
     plain = target.with_name(f".{target.name}.tar")
     try:
         with plain.open("xb") as stream:
@@ -178,7 +178,7 @@ def encrypt_folder(source: Path, keys: Sequence[RecipientKey]) -> Path:
     """Each file of ``source`` encrypted to ``keys`` as ``<name>.age`` in a new sibling folder."""
     target = Path(tempfile.mkdtemp(prefix=f".{source.name}.", suffix=".age", dir=source.parent))
     try:
-        for rel, path in _files(source):
+        for rel, path in own_files(source):
             destination = target / f"{rel}.age"
             destination.parent.mkdir(parents=True, exist_ok=True)
             encrypt_file(path, destination, keys)
@@ -206,15 +206,6 @@ def write_archive(
             with content.open("rb") as source:
                 info.size = os.fstat(source.fileno()).st_size
                 archive.addfile(info, source)
-
-
-def _files(folder: Path) -> list[tuple[str, Path]]:
-    """Regular files below a folder this agent made itself (collected outputs), sorted."""
-    return [
-        (path.relative_to(folder).as_posix(), path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and not path.is_symlink()
-    ]
 
 
 def _epoch(stamp: str | None) -> int:
