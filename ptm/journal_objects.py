@@ -24,13 +24,15 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
-from ptm.errors import RegistryError
+from ptm import process
+from ptm.errors import CommandTimedOut, RegistryError
 from ptm.gitrepo import GitRepo
 from ptm.treecheck import TreeRefused, read_folder
 
 FILE_MODE = b"100644"
 TREE_MODE = b"40000"
 MAX_FOLDER_BYTES = 16 * 1024**2  # one folder's listing read back from git (~180,000 tasks)
+SIGNING_LIMIT_S = 60.0
 KEPT_FOLDERS = 256  # folders held in memory besides the top two, most recently used first
 
 Folder = dict[bytes, tuple[bytes, str]]  # name -> (mode, object id)
@@ -90,6 +92,34 @@ def commit_object(tree: str, parents: list[str], identity: str, message: str) ->
     lines += [f"author {stamp}", f"committer {stamp}", "", message]
     text = "\n".join(lines)
     return (text if text.endswith("\n") else text + "\n").encode()
+
+
+def signed_commit_object(unsigned: bytes, signature: bytes) -> bytes:
+    """``unsigned`` with ``signature`` in a ``gpgsig`` header after the others, as git puts
+    it (each further line of the signature indented by one space): what git verifies."""
+    head, _, message = unsigned.partition(b"\n\n")
+    lines = signature.rstrip(b"\n").split(b"\n")
+    return head + b"\ngpgsig " + b"\n ".join(lines) + b"\n\n" + message
+
+
+def ssh_signature(key: Path, payload: bytes) -> bytes:
+    """An SSH signature of ``payload`` in git's namespace (``ssh-keygen -Y sign``, as git's
+    ``gpg.format=ssh`` makes), within a deadline; RegistryError when it cannot be made."""
+    command = ["ssh-keygen", "-Y", "sign", "-n", "git", "-f", str(key)]
+    try:
+        done = process.run_bounded(
+            command, cwd=None, env=os.environ, stdin=payload, timeout=SIGNING_LIMIT_S
+        )
+    except (OSError, CommandTimedOut) as exc:
+        raise RegistryError(f"{key}: signing a result commit failed: {exc}") from exc
+    said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    if done.returncode != 0 or not done.stdout.startswith(b"-----BEGIN SSH SIGNATURE-----"):
+        reason = said[-1] if said else f"ssh-keygen exited with {done.returncode}"
+        raise RegistryError(
+            f"{key}: signing a result commit failed (signing_key): {reason}; nothing was "
+            "recorded, the next cycle tries again"
+        )
+    return done.stdout
 
 
 class JournalTrees:

@@ -1,8 +1,8 @@
 """A site's results branch (``results/<site>``): its append-only ledger of decisions and results.
 
 The agent keeps the branch in a bare repository of its own and writes its objects itself
-(``ptm.journal_objects``; big files and signed commits through ``hash-object`` and
-``commit-tree``) and moves it with ``update-ref``: no working tree, so nothing the registry
+(``ptm.journal_objects``: commits signed with ``ssh-keygen`` as git signs them; big files
+through ``hash-object``) and moves it with ``update-ref``: no working tree, so nothing the registry
 holds is ever checked out onto the site's disk, and a record exists only once ``update-ref``
 has moved the branch (a kill before that loses nothing: the task
 is simply handled again). Only this agent writes its local branch, so that branch is its journal.
@@ -27,8 +27,14 @@ from pathlib import Path
 
 from ptm.adoption import adoption_unproven, status_blobs
 from ptm.errors import InvalidDocument, RegistryError
-from ptm.gitrepo import GitRepo, clear_stale_locks, signing_config
-from ptm.journal_objects import JournalTrees, commit_object, write_object
+from ptm.gitrepo import GitRepo, clear_stale_locks
+from ptm.journal_objects import (
+    JournalTrees,
+    commit_object,
+    signed_commit_object,
+    ssh_signature,
+    write_object,
+)
 from ptm.lease import (
     AGENT_TRAILER,
     LEASE_RENEW_S,
@@ -274,18 +280,16 @@ class Ledger:
             return tip
 
     def _commit_tree(self, tree: str, parents: list[str], message: str) -> str:
-        if self.sign_key is None:
-            commit = commit_object(tree, parents, self._identity_line, message)
-            return write_object(self.path, "commit", commit)
-        if not self.sign_key.is_file():
-            raise RegistryError(
-                f"{self.sign_key}: the site's signing key (signing_key) is missing; "
-                "nothing was recorded, the next cycle tries again"
-            )
-        args = ["commit-tree", "-S", tree, "-m", message]
-        for parent in parents:
-            args += ["-p", parent]
-        return self.repo.run(*args, config=signing_config(self.sign_key))
+        """Write a commit object (signed with the site key, when there is one)."""
+        commit = commit_object(tree, parents, self._identity_line, message)
+        if self.sign_key is not None:
+            if not self.sign_key.is_file():
+                raise RegistryError(
+                    f"{self.sign_key}: the site's signing key (signing_key) is missing; "
+                    "nothing was recorded, the next cycle tries again"
+                )
+            commit = signed_commit_object(commit, ssh_signature(self.sign_key, commit))
+        return write_object(self.path, "commit", commit)
 
     # ---- publishing -------------------------------------------------------------------------
 

@@ -19,8 +19,9 @@ from ptm.journal_objects import (
     write_object,
 )
 from ptm.ledger import Ledger
+from ptm.signatures import verify_commits
 from ptm.status import StatusRecord, utc_now_text
-from tests.fixtures_git import git
+from tests.fixtures_git import git, make_signing_key, write_allowed_signers
 
 
 @pytest.fixture
@@ -204,3 +205,38 @@ def test_many_records_are_a_commit_each_and_one_move_of_the_branch(tmp_path: Pat
     assert git(journal, "diff", "--name-only", f"{last}~1", last) == "results/t3/s1/status.yaml"
     assert sorted(r.task for r in ledger.open_tasks()) == ["t0", "t1", "t2", "t3"]
     fsck(journal)
+
+
+def test_a_signed_record_is_one_git_and_ptm_verify_as_the_site_keys(tmp_path: Path) -> None:
+    key = make_signing_key(tmp_path / "keys", "hospital-a@example.org")
+    signers = write_allowed_signers(tmp_path / "allowed_signers", key)
+    registry = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(registry)], check=True)
+    ledger = Ledger(
+        tmp_path / "ledger", url=str(registry), site="s1", ssh_key=None, sign_key=key.private
+    )
+    ledger.ensure()
+    ledger.record(record("t1"))
+    last = ledger.record_all([record("t2"), record("t3")])
+    assert last is not None
+    journal = ledger.path
+    shown = git(
+        journal,
+        "-c",
+        f"gpg.ssh.allowedSignersFile={signers}",
+        "log",
+        "--format=%G?|%GS|%s",
+        ledger.ref,
+    )
+    assert shown.splitlines() == [
+        f"G|{key.principal}|t3: accepted at s1",
+        f"G|{key.principal}|t2: accepted at s1",
+        f"G|{key.principal}|t1: accepted at s1",
+    ]
+    (checked,) = verify_commits(GitRepo(journal), [(last, None)], signers)
+    assert checked.status == "G" and checked.signer == key.principal
+    fsck(journal)
+    key.private.unlink()  # a missing key records nothing
+    with pytest.raises(RegistryError, match="signing key"):
+        ledger.record(record("t4"))
+    assert git(journal, "rev-parse", ledger.ref) == last
