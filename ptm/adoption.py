@@ -7,22 +7,74 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ptm.errors import RegistryError
 from ptm.gitrepo import GitRepo
 from ptm.result_layout import RESULTS_DIR, STATUS_FILE
+from ptm.tree_entries import FILE_MODES, TREE_MODE, RawEntry
+from ptm.treecheck import TreeRefused, read_folder, read_folders
+
+MAX_RESULTS_LISTING = 16 * 1024**2  # the results/ folder's own listing (~180,000 tasks)
+MAX_TASK_LISTINGS = 64 * 1024**2  # the task folders' and site folders' listings, in all
 
 
 def status_blobs(repo: GitRepo, ref: str, site: str) -> dict[str, str]:
-    """task id -> blob of ``results/<task>/<site>/status.yaml`` on ``ref`` (empty if no ref)."""
+    """task id -> blob of ``results/<task>/<site>/status.yaml`` on ``ref`` (empty if no ref).
+
+    Folder by folder, each listing's size checked before it is read (an adopted branch is
+    anyone's: a results folder of millions of entries is refused, not listed into memory);
+    nothing below a site's folder is read. RegistryError when the listings are over the caps.
+    """
     if repo.rev_parse(ref) is None:
         return {}
-    out = repo.run("ls-tree", "-r", "-z", "--full-tree", ref, "--", f"{RESULTS_DIR}/", strip=False)
+    root = _read(repo, repo.run("rev-parse", f"{ref}^{{tree}}"), ref, 2**20)
+    results = _folder_entry(root, RESULTS_DIR)
+    if results is None:
+        return {}
+    where = f"{ref}:{RESULTS_DIR}"
+    tasks = [
+        (e.name.decode("utf-8", "replace"), e.oid)
+        for e in _read(repo, results, where, MAX_RESULTS_LISTING)
+        if e.mode == TREE_MODE
+    ]
+    sites = []
+    for (task, _), listing in zip(tasks, _read_all(repo, tasks, f"{where}/*"), strict=True):
+        oid = _folder_entry(listing, site)
+        if oid is not None:
+            sites.append((task, oid))
     found = {}
-    for record in out.split("\0"):
-        meta, _, path = record.partition("\t")
-        parts = path.split("/")
-        if len(parts) == 4 and parts[2] == site and parts[3] == STATUS_FILE and meta:
-            found[parts[1]] = meta.split(" ")[2]
+    for (task, _), listing in zip(sites, _read_all(repo, sites, f"{where}/*/{site}"), strict=True):
+        for entry in listing:
+            if entry.name == STATUS_FILE.encode() and entry.mode in FILE_MODES:
+                found[task] = entry.oid
     return found
+
+
+def _read(repo: GitRepo, oid: str, where: str, max_bytes: int) -> list[RawEntry]:
+    try:
+        return read_folder(repo, oid, where=where, max_bytes=max_bytes)
+    except TreeRefused as exc:
+        raise RegistryError(str(exc)) from exc
+
+
+def _read_all(repo: GitRepo, folders: list[tuple[str, str]], where: str) -> list[list[RawEntry]]:
+    """The listings of (name, tree) ``folders``, MAX_TASK_LISTINGS bytes at most in all."""
+    listings = read_folders(
+        repo,
+        [oid for _, oid in folders],
+        max_bytes=MAX_TASK_LISTINGS,
+        max_total_bytes=MAX_TASK_LISTINGS,
+    )
+    for (name, _), listing in zip(folders, listings, strict=True):
+        if isinstance(listing, str):
+            raise RegistryError(f"{where} ({name}): {listing.removeprefix('is ')}")
+    return [listing for listing in listings if not isinstance(listing, str)]
+
+
+def _folder_entry(listing: list[RawEntry], name: str) -> str | None:
+    for entry in listing:
+        if entry.name == name.encode() and entry.mode == TREE_MODE:
+            return entry.oid
+    return None
 
 
 def adoption_unproven(repo: GitRepo, tip: str, site: str, sign_key: Path | None) -> dict[str, str]:
