@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
 
 from ptm import process
 from ptm.console import printable
 from ptm.errors import PtmError
 from ptm.ssh_mux import MuxRefused, MuxSession, NoMaster, open_session
+from ptm.ssh_url import parse_ssh_url
 from ptm.urls import redact_url
 
 LARGE_PACKET_MAX = 65520  # git's limit for one pkt-line, its 4 length digits included
@@ -92,17 +92,8 @@ def upload_pack_command(path: str) -> str:
 
 def repository_path(url: str) -> str | None:
     """The repository path git sends for an SSH registry URL (None: not one ptm polls)."""
-    if url.startswith("ssh://"):
-        rest = unquote(url, errors="surrogateescape")[len("ssh://") :]
-        slash = rest.find("/")
-        if slash <= 0:
-            return None
-        path = rest[slash:]
-        return path[1:] if path.startswith("/~") else path
-    head, colon, path = url.partition(":")
-    if not colon or not head or "/" in head or head.startswith("[") or not path:
-        return None
-    return path
+    parsed = parse_ssh_url(url)
+    return None if parsed is None else parsed.path
 
 
 def pkt_line(payload: bytes) -> bytes:

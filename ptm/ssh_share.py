@@ -24,11 +24,11 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ptm import process
 from ptm.errors import CommandTimedOut
 from ptm.gitrepo import GitLimits, admin_ssh_command
+from ptm.ssh_url import parse_ssh_url
 
 SOCKET_NAME = "c"  # one registry per agent: a fixed, short name (socket paths are ~100 bytes)
 MAX_SOCKET_PATH = 100
@@ -37,16 +37,8 @@ RESTART_AFTER_S = 10.0  # a master that ended is started again at most this ofte
 
 def ssh_destination(url: str) -> list[str] | None:
     """``ssh`` arguments naming the host of an SSH registry URL (None: not an SSH URL)."""
-    if url.startswith("ssh://"):
-        parts = urlsplit(url)
-        if not parts.hostname:
-            return None
-        host = f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname
-        return ["-p", str(parts.port), host] if parts.port else [host]
-    head, colon, _ = url.partition(":")
-    if colon and "/" not in head and head and "://" not in url:
-        return [head.strip("[]")]
-    return None
+    parsed = parse_ssh_url(url)
+    return None if parsed is None else parsed.destination()
 
 
 def _base_command(env: Mapping[str, str]) -> str | None:

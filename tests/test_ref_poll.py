@@ -22,7 +22,7 @@ from ptm.ref_poll import (
     split_packet,
     upload_pack_command,
 )
-from ptm.ssh_share import SharedConnection
+from ptm.ssh_share import SharedConnection, ssh_destination
 from ptm.sync import Polled
 from tests.agent_support import Researcher
 from tests.ref_poll_support import (
@@ -104,9 +104,17 @@ def test_the_first_line_tells_the_protocol() -> None:
         "host:consortium/registry.git",
         "git@host:/abs/registry",
         "host:~alice/registry",
+        "[git@127.0.0.1:2222]:registry.git",
+        "git@[host:22]:registry.git",
+        "[::1]:registry.git",
+        "git@[::1]:/abs/registry",
+        "[::1:2]:registry.git",
+        "ssh://git@[::1]:2222/registry.git",
+        "ssh://[::1]/registry.git",
+        "[git@host]:registry.git",
     ],
 )
-def test_the_remote_command_is_the_one_git_sends(url: str, tmp_path: Path) -> None:
+def test_the_remote_command_and_host_are_the_ones_git_sends(url: str, tmp_path: Path) -> None:
     record = tmp_path / "args"
     fake = tmp_path / "bin" / "ssh"  # named ssh: git treats it as OpenSSH
     fake.parent.mkdir()
@@ -114,9 +122,26 @@ def test_the_remote_command_is_the_one_git_sends(url: str, tmp_path: Path) -> No
     fake.chmod(0o755)
     env = {**os.environ, "GIT_SSH_COMMAND": str(fake)}
     subprocess.run(["git", "ls-remote", url], env=env, capture_output=True, check=False)
-    sent = record.read_bytes().split(b"\0")[-2].decode()
+    args = record.read_bytes().decode().split("\0")[:-1]
     path = repository_path(url)
-    assert path is not None and upload_pack_command(path) == sent
+    assert path is not None and upload_pack_command(path) == args[-1]
+    assert args[:2] == ["-o", "SendEnv=GIT_PROTOCOL"]
+    assert ssh_destination(url) == args[2:-1]  # the host (and port) the shared master uses
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/srv/registry.git",
+        "./reg:x",
+        "https://host/r.git",
+        "file:///srv/r",
+        "[host:x",
+        "ssh://host",
+    ],
+)
+def test_what_is_not_an_ssh_url_is_not_taken_for_one(url: str) -> None:
+    assert repository_path(url) is None and ssh_destination(url) is None
 
 
 # ---- against a real sshd -------------------------------------------------------------------
