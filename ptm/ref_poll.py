@@ -105,9 +105,10 @@ def ls_refs_request(ref: str) -> bytes:
     return pkt_line(b"command=ls-refs\n") + DELIM + prefix + FLUSH
 
 
-def split_packet(buffer: bytes | bytearray) -> tuple[bytes, int] | None:
-    """The first pkt-line of ``buffer``: (payload without its newline, bytes used), with b""
-    for a flush; None while ``buffer`` holds no whole one. Sizes are never trusted."""
+def split_packet(buffer: bytes | bytearray) -> tuple[bytes | None, int] | None:
+    """The first pkt-line of ``buffer``: (payload without its newline, bytes used), with None
+    for a flush (a line of just a newline is b"", not the end); None while ``buffer`` holds
+    no whole one. Sizes are never trusted."""
     if len(buffer) < 4:
         return None
     head = bytes(buffer[:4])
@@ -115,7 +116,7 @@ def split_packet(buffer: bytes | bytearray) -> tuple[bytes, int] | None:
         raise ProtocolViolation(f"a pkt-line length that is not 4 lowercase hex digits: {head!r}")
     size = int(head, 16)
     if size == 0:
-        return b"", 4
+        return None, 4
     if size <= 4 or size > LARGE_PACKET_MAX:
         raise ProtocolViolation(f"a pkt-line of length {size} (5 to {LARGE_PACKET_MAX} here)")
     if len(buffer) < size:
@@ -176,7 +177,7 @@ class UploadPackReader:
 
     def head(self, ref: str) -> str | None:
         """Greeting, one ``ls-refs`` and a flush that ends the session: the head of ``ref``."""
-        if protocol_of(self._packet()) != 2:
+        if protocol_of(self._packet() or b"") != 2:  # a flush first is no protocol either
             raise NoProtocolV2("the host answered in protocol v0 (its sshd drops GIT_PROTOCOL)")
         check_capabilities(self._lines())
         self._send(ls_refs_request(ref) + FLUSH)
@@ -194,7 +195,7 @@ class UploadPackReader:
         """The lines up to the next flush, within the deadline and the caps."""
         lines: list[bytes] = []
         total = 0
-        while payload := self._packet():
+        while (payload := self._packet()) is not None:
             lines.append(payload)
             total += len(payload) + 5
             if len(lines) > MAX_LINES or total > MAX_ANSWER_BYTES:
@@ -203,7 +204,7 @@ class UploadPackReader:
                 )
         return lines
 
-    def _packet(self) -> bytes:
+    def _packet(self) -> bytes | None:
         while (found := split_packet(self._buffer)) is None:
             self._fill()
         payload, used = found

@@ -42,7 +42,8 @@ from tests.ref_poll_support import (
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (b"0000", (b"", 4)),
+        (b"0000", (None, 4)),
+        (b"0005\n", (b"", 5)),  # an empty line, not a flush: it does not end an answer
         (b"000ahello\n", (b"hello", 10)),
         (b"0009hello", (b"hello", 9)),
         (b"000ahel", None),
@@ -50,7 +51,7 @@ from tests.ref_poll_support import (
     ],
 )
 def test_a_pkt_line_is_split_off_whole_or_not_at_all(
-    data: bytes, expected: tuple[bytes, int] | None
+    data: bytes, expected: tuple[bytes | None, int] | None
 ) -> None:
     assert split_packet(data) == expected
 
