@@ -307,28 +307,55 @@ def write_tree(repo: GitRepo, tree: CheckedTree, dest: Path, *, file_mode: int =
 
     Every folder is created with ``mkdir`` relative to its already opened parent, every file
     with ``O_CREAT | O_EXCL | O_NOFOLLOW``: nothing is written through a link or over anything.
-    Each file is copied from git a chunk at a time (one git process for the whole tree).
+    Each file is copied from git a chunk at a time (one git process for the whole tree). At
+    most OPEN_FOLDERS folders are held open at once, however many the tree has.
     """
     dest.mkdir(mode=0o700)
-    folders = {"": os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)}
+    folders = _Folders(os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
     try:
         for entry in tree.entries:
             if entry.is_dir:
                 parent, name = _split(entry.path)
-                os.mkdir(name, 0o700, dir_fd=folders[parent])
-                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                folders[entry.path] = os.open(name, flags, dir_fd=folders[parent])
-                os.fchmod(folders[entry.path], 0o755)
+                os.mkdir(name, 0o700, dir_fd=folders.open(parent))
+                os.fchmod(folders.open(entry.path), 0o755)
         if tree.files:
             with CatFile(repo) as cat:
                 for entry in tree.files:
                     parent, name = _split(entry.path)
                     mode = file_mode | (0o111 if entry.executable else 0)
-                    _copy_new(cat, entry.oid, folders[parent], name, mode)
+                    _copy_new(cat, entry.oid, folders.open(parent), name, mode)
     finally:
-        for fd in folders.values():
-            os.close(fd)
+        folders.close()
     dest.chmod(0o755)
+
+
+OPEN_FOLDERS = 32
+
+
+class _Folders:
+    """Folders below one root, opened component by component (``O_NOFOLLOW``), a few kept."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._root = root_fd
+        self._open: dict[str, int] = {}
+
+    def open(self, path: str) -> int:
+        if not path:
+            return self._root
+        if path in self._open:
+            return self._open[path]
+        parent, name = _split(path)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=self.open(parent))
+        while len(self._open) >= OPEN_FOLDERS:
+            os.close(self._open.pop(next(iter(self._open))))
+        self._open[path] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in [*self._open.values(), self._root]:
+            os.close(fd)
+        self._open.clear()
 
 
 def _split(path: str) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -255,3 +256,27 @@ def test_a_listing_of_bad_names_stops_at_the_entry_cap(repo: Path) -> None:
     found = checked_tree(GitRepo(repo), bad, where="r", caps=Caps(max_entries=100))
     assert len(found.problems) == 101
     assert found.problems[-1].rule == "max-entries" and found.entries == ()
+
+
+def test_a_tree_of_more_folders_than_open_files_allowed_is_written(
+    repo: Path, tmp_path: Path
+) -> None:
+    files = {f"d{n:03d}/sub/f.txt": str(n).encode() for n in range(300)}
+    tree = crafted.tree_of(repo, files)
+    dest = tmp_path / "out"
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from ptm.gitrepo import GitRepo\n"
+        "from ptm.treecheck import checked_tree, write_tree\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n"
+        "git = GitRepo(Path(sys.argv[1]))\n"
+        "write_tree(git, checked_tree(git, sys.argv[2], where='x'), Path(sys.argv[3]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(repo), tree, str(dest)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (dest / "d299" / "sub" / "f.txt").read_bytes() == b"299"
+    assert len(list(dest.iterdir())) == 300
+    assert (dest / "d000" / "sub").stat().st_mode & 0o777 == 0o755
