@@ -106,7 +106,7 @@ class Agent:
         try:
             if running == 0:
                 self.ledger.release_lease()  # nothing left to re-attach: a replacement may start
-            self.publish()
+            self.ledger.push()  # not publish(): there is no next cycle to retry it in
         except PtmError as exc:  # e.g. git cut off once a stop's grace is over
             self.log.warning(
                 "stopping without the last push (what is committed here is pushed at the next "

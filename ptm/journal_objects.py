@@ -3,9 +3,11 @@
 A record changes a few small files (``status.yaml``, ``log.txt``) on a few folders of the
 agent's own bare repository. Writing them through git costs a process each for the blobs, the
 index, the trees and the commit, on every task's way from one state to the next; written here,
-a record costs one ``update-ref`` (the ledger moves its branch with git, which takes git's
-lock). Objects are git's loose format (``<kind> <size>\\0<data>``, zlib, named by SHA-1), each
-written to a temporary file and renamed into place, so a reader never sees half of one.
+a record costs no git process at all: the branch is moved as ``git update-ref`` moves it
+(``move_ref``: git's own lock file, the old value checked under it), or by ``update-ref`` itself
+where the repository is not one of plain ref files. Objects are git's loose format
+(``<kind> <size>\\0<data>``, zlib, named by SHA-1), each written to a temporary file and
+renamed into place, so a reader never sees half of one.
 
 ``JournalTrees`` keeps the folders it last wrote or read (by path, a bounded number), so a
 record reads no tree from git; a folder it does not hold is read once, its size checked first.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import time
 import zlib
@@ -32,6 +35,7 @@ from ptm.treecheck import TreeRefused, read_folder
 FILE_MODE = b"100644"
 TREE_MODE = b"40000"
 MAX_FOLDER_BYTES = 16 * 1024**2  # one folder's listing read back from git (~180,000 tasks)
+HEX_ID = re.compile(r"[0-9a-f]{40}")
 SIGNING_LIMIT_S = 60.0
 KEPT_FOLDERS = 256  # folders held in memory besides the top two, most recently used first
 
@@ -120,6 +124,69 @@ def ssh_signature(key: Path, payload: bytes) -> bytes:
             "recorded, the next cycle tries again"
         )
     return done.stdout
+
+
+def can_move_refs(repository: Path) -> bool:
+    """Whether ``move_ref`` may write this repository's refs: its refs are files (not a
+    reftable, which a newer git may make) and it keeps no reflogs."""
+    config = (repository / "config").read_text(encoding="utf-8", errors="replace").lower()
+    return (
+        not (repository / "reftable").exists()
+        and "refstorage" not in config
+        and ("logallrefupdates = true" not in config and "logallrefupdates = always" not in config)
+    )
+
+
+def move_ref(repository: Path, ref: str, new: str, old: str | None) -> None:
+    """Point ``ref`` at ``new`` if it is at ``old`` (None: no such ref yet), as git's
+    ``update-ref`` does with a files repository: ``<ref>.lock`` made exclusively (a lock any
+    git honours), the old value checked under it, then renamed over the ref."""
+    path = repository / ref
+    lock = path.with_name(path.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileExistsError as exc:
+        raise RegistryError(
+            f"{lock} exists: another git process is updating {ref} (or one was killed: it is "
+            "removed at the agent's next start); nothing was recorded"
+        ) from exc
+    try:
+        with os.fdopen(handle, "w", encoding="ascii") as stream:
+            stream.write(new + "\n")
+        current = read_ref(repository, ref)
+        if current != old:
+            raise RegistryError(
+                f"{repository}: {ref} is at {current or 'nothing'}, not at {old or 'nothing'} "
+                "as this agent left it: something else wrote its journal; nothing was recorded"
+            )
+        lock.replace(path)
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        raise
+
+
+def read_ref(repository: Path, ref: str) -> str | None:
+    """The commit ``ref`` names in a files repository: its loose file, else ``packed-refs``."""
+    try:
+        text = (repository / ref).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = ""
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise RegistryError(f"{repository / ref}: not a ref file git wrote") from exc
+    if text:
+        if not HEX_ID.fullmatch(text):
+            raise RegistryError(f"{repository / ref}: not a ref file git wrote ({text[:60]!r})")
+        return text
+    try:
+        packed = (repository / "packed-refs").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in packed.splitlines():
+        oid, _, name = line.partition(" ")
+        if name == ref and HEX_ID.fullmatch(oid):
+            return oid
+    return None
 
 
 class JournalTrees:

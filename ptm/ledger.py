@@ -30,7 +30,9 @@ from ptm.errors import InvalidDocument, RegistryError
 from ptm.gitrepo import GitRepo, clear_stale_locks
 from ptm.journal_objects import (
     JournalTrees,
+    can_move_refs,
     commit_object,
+    move_ref,
     signed_commit_object,
     ssh_signature,
     write_object,
@@ -89,6 +91,7 @@ class Ledger:
         self._trees = JournalTrees(path, GitRepo(path))
         self._tip: str | None = None  # the local branch's commit, once asked (only we move it)
         self._tip_tree: str | None = None
+        self._plain_refs: bool | None = None  # refs are files this object may write itself
         self._tip_known = False
         self._push_lock = threading.Lock()
         self._last_commit: float | None = None  # wall clock; None: ask git once
@@ -245,7 +248,12 @@ class Ledger:
 
     def _move(self, sha: str, parent: str | None, tree: str) -> None:
         try:
-            self.repo.run("update-ref", self.ref, sha, parent or ZERO)
+            if self._plain_refs is None:
+                self._plain_refs = can_move_refs(self.path)
+            if self._plain_refs:
+                move_ref(self.path, self.ref, sha, parent)
+            else:
+                self.repo.run("update-ref", self.ref, sha, parent or ZERO)
         except BaseException:
             self._tip_known = False
             raise

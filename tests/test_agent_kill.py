@@ -1,5 +1,5 @@
-"""kill -9 in the middle of committing a record, planted lock files, a signing key moved away
-and back: nothing is lost, nothing runs twice."""
+"""kill -9 in the middle of committing a record (while its commit is being signed), planted
+lock files, a signing key moved away and back: nothing is lost, nothing runs twice."""
 
 from __future__ import annotations
 
@@ -26,32 +26,29 @@ from tests.fixtures_git import make_signing_key
 pytestmark = pytest.mark.docker
 
 
-SHIM = """#!/bin/sh
-# A real git, slowed down at the steps of committing a record so that a test can kill there.
-for arg in "$@"; do
-    case "$arg" in
-        update-ref|commit-tree) touch "$PTM_TEST_MARKS/$arg.$$"; sleep 1 ;;
-    esac
-done
-exec "$PTM_TEST_REAL_GIT" "$@"
+SIGN_SHIM = """#!/bin/sh
+# A real ssh-keygen, slowed down when it signs (a result commit) so that a test can kill there:
+# the record's objects are written, the branch not yet moved.
+if [ "$1" = "-Y" ] && [ "$2" = "sign" ]; then touch "$PTM_TEST_MARKS/sign.$$"; sleep 1; fi
+exec "$PTM_TEST_REAL_SSH_KEYGEN" "$@"
 """
 
 
-def slow_git(folder: Path) -> dict[str, str]:
-    """Environment for an agent whose git pauses at each commit step (a real git underneath)."""
+def slow_signing(folder: Path) -> dict[str, str]:
+    """Environment for an agent whose ssh-keygen pauses at each signature (a real one below)."""
     bin_dir, marks = folder / "bin", folder / "marks"
     bin_dir.mkdir(parents=True)
     marks.mkdir()
-    shim = bin_dir / "git"
-    shim.write_text(SHIM)
+    shim = bin_dir / "ssh-keygen"
+    shim.write_text(SIGN_SHIM)
     shim.chmod(0o755)
-    real = shutil.which("git")
+    real = shutil.which("ssh-keygen")
     assert real is not None
     return {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PTM_TEST_MARKS": str(marks),
-        "PTM_TEST_REAL_GIT": real,
+        "PTM_TEST_REAL_SSH_KEYGEN": real,
     }
 
 
@@ -86,11 +83,12 @@ def test_killed_while_committing_records_nothing_is_lost_or_run_twice(
     researcher = Researcher(bare_registry, tmp_path / "researcher")
     for number in range(4):
         researcher.submit(f"t{number}", f"sleep 1; echo {number} > /ptm/output/n.txt")
-    config = write_site_config(tmp_path, "hospital-a", bare_registry)
-    env = slow_git(tmp_path / "slow")
-    # The objects of a record are written by ptm itself (ptm.journal_objects), an unsigned
-    # commit too: moving the branch is the one git step of committing a record.
-    steps = ("update-ref",) * 6
+    key = make_signing_key(tmp_path / "site-keys", "ptm-agent@hospital-a")
+    config = write_site_config(tmp_path, "hospital-a", bare_registry, signing_key=str(key.private))
+    env = slow_signing(tmp_path / "slow")
+    # A record's objects are written by ptm itself (ptm.journal_objects), then its commit is
+    # signed, then the branch moved: a kill while it signs leaves objects and no record.
+    steps = ("sign",) * 6
     for step in steps:
         agent = start_agent(config, env)
         killed = kill_during(agent, tmp_path / "slow" / "marks", step, timeout=60)

@@ -13,8 +13,11 @@ from ptm.gitrepo import GitRepo
 from ptm.journal_objects import (
     EMPTY_TREE,
     JournalTrees,
+    can_move_refs,
     commit_object,
+    move_ref,
     object_id,
+    read_ref,
     tree_object,
     write_object,
 )
@@ -240,3 +243,39 @@ def test_a_signed_record_is_one_git_and_ptm_verify_as_the_site_keys(tmp_path: Pa
     with pytest.raises(RegistryError, match="signing key"):
         ledger.record(record("t4"))
     assert git(journal, "rev-parse", ledger.ref) == last
+
+
+def test_a_ref_moves_as_git_moves_it_or_not_at_all(bare: Path) -> None:
+    tree = write_object(bare, "tree", b"")
+    first = write_object(bare, "commit", commit_object(tree, [], "a <a@x.invalid>", "one"))
+    second = write_object(bare, "commit", commit_object(tree, [first], "a <a@x.invalid>", "two"))
+    ref = "refs/heads/results/s1"
+    assert can_move_refs(bare) and read_ref(bare, ref) is None
+    move_ref(bare, ref, first, None)
+    assert git(bare, "rev-parse", ref) == first
+    git(bare, "pack-refs", "--all")  # now only in packed-refs
+    assert not (bare / ref).exists() and read_ref(bare, ref) == first
+    with pytest.raises(RegistryError, match="not at nothing"):
+        move_ref(bare, ref, second, None)  # it is not where this writer left it
+    lock = bare / f"{ref}.lock"
+    assert not lock.exists() and git(bare, "rev-parse", ref) == first
+    lock.write_text("")  # a git at work on it
+    with pytest.raises(RegistryError, match="another git process"):
+        move_ref(bare, ref, second, first)
+    assert lock.read_text() == "" and git(bare, "rev-parse", ref) == first
+    lock.unlink()
+    move_ref(bare, ref, second, first)
+    assert git(bare, "rev-parse", ref) == second
+    fsck(bare)
+
+
+def test_a_journal_with_reflogs_has_its_branch_moved_by_git(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(registry)], check=True)
+    ledger = Ledger(tmp_path / "ledger", url=str(registry), site="s1", ssh_key=None, sign_key=None)
+    ledger.ensure()
+    git(ledger.path, "config", "core.logAllRefUpdates", "true")
+    assert not can_move_refs(ledger.path)
+    ledger.record(record("t1"))
+    ledger.record(record("t1", "completed"))
+    assert len(git(ledger.path, "reflog", "show", ledger.ref).splitlines()) == 2
