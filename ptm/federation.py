@@ -423,7 +423,7 @@ def _load_cancel(
     if data is None:
         return None
     if isinstance(data, Refused):
-        return Cancellation(task_id, f"(cancel.yaml was refused: {data})")
+        return Cancellation(task_id, f"(its reason is not shown: {data})")
     source = f"{refs.tasks_branch}:{TASKS_DIR}/{task_id}/{CANCEL_FILE}"
     try:
         document = load_yaml_text(data, source=source)

@@ -59,7 +59,7 @@ def test_cancel_shows_in_status(submitted: Path, capsys: pytest.CaptureFixture[s
     assert cancel(submitted, "t1", "--reason", "superseded by t2") == 0
     capsys.readouterr()
     assert main(["status", "--registry", str(submitted)]) == 0
-    assert "t1 [cancelled]" in capsys.readouterr().out
+    assert "t1 [cancel requested]" in capsys.readouterr().out
     assert main(["status", "t1", "--json", "--registry", str(submitted)]) == 0
     cancelled = json.loads(capsys.readouterr().out)["cancelled"]
     assert cancelled == {"reason": "superseded by t2", "requested_by": "alice@uni.example"}

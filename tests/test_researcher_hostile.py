@@ -333,4 +333,4 @@ def test_a_cancel_reason_with_escapes_is_shown_escaped(
     assert "cancelled already (reason: stop \\x1b[2J" in err and "\x1b" not in err
     assert main(["status", "t1", "--registry", str(work)]) == 0
     out = capsys.readouterr().out
-    assert "cancelled    stop \\x1b[2J" in out and "\x1b" not in out
+    assert "cancel asked stop \\x1b[2J" in out and "\x1b" not in out

@@ -86,7 +86,8 @@ def overview_text(overview: Overview) -> str:
 
 
 def _overview_rows(task: TaskOverview) -> list[tuple[str, str, str, str]]:
-    name = f"{task.task_id} [cancelled]" if task.cancelled else task.task_id
+    # A cancel.yaml asks; each site's state says whether it was honoured (it may be refused).
+    name = f"{task.task_id} [cancel requested]" if task.cancelled else task.task_id
     if task.problem is not None and not task.sites:
         return [(name, "-", "invalid", shorten(task.problem))]
     if not task.sites:
@@ -139,7 +140,7 @@ def detail_lines(status: TaskStatus) -> list[str]:
     if status.cancellation is not None:
         requested_by = status.cancellation.requested_by
         by = f" (by {printable(requested_by)})" if requested_by else ""
-        lines.append(f"  cancelled    {shorten(status.cancellation.reason, 200)}{by}")
+        lines.append(f"  cancel asked {shorten(status.cancellation.reason, 200)}{by}")
     if not status.sites:
         lines += ["", "No site has reported yet."]
     for site in status.sites:
