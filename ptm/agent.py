@@ -22,6 +22,7 @@ from ptm.errors import PtmError, RegistryError, TamperingDetected
 from ptm.execution import TaskExecution, prepare_run
 from ptm.handover import apply_admin_decisions, record_resumes, resume_open_tasks
 from ptm.judgement import cancel_refusal, judge, parse_task
+from ptm.known_tasks import handle_known
 from ptm.lease import LeaseHeld, agent_identity
 from ptm.push_access import is_permission_denied
 from ptm.registry import ssh_environment
@@ -32,8 +33,8 @@ from ptm.siteconfig import SiteConfig
 from ptm.ssh_share import SharedConnection
 from ptm.status import State, StatusRecord, utc_now_text
 from ptm.sync import TaskChange, TaskSnapshot
-from ptm.task import CANCEL_FILE, Task
-from ptm.treecheck import TREE_MODE, RawEntry, TreeRefused, read_folder
+from ptm.task import Task
+from ptm.treecheck import TreeRefused
 from ptm.workdir import WorkDir
 
 
@@ -225,7 +226,7 @@ class Agent:
                     "nothing in it is read"
                 )
             elif self.ledger.status_of(task_id) is not None:
-                self._handle_known(change, task_id, head)
+                handle_known(self, change, task_id, head)
             elif change.after:
                 fresh.append(task_id)
         index = self.mirror.index(head)
@@ -242,48 +243,6 @@ class Agent:
                 started += self.runs.start_ready()
         self._accept_all(waiting)
         return started + self.runs.start_ready()
-
-    def _handle_known(self, change: TaskChange, task_id: str, head: str) -> None:
-        if change.is_new:
-            return  # recorded by a cycle that failed before it could mark the commit processed
-        existing = self.ledger.status_of(task_id)
-        assert existing is not None
-        if not self.ledger.is_proven(task_id):
-            self.warn(
-                f"task {task_id}: the record on {self.ledger.branch} was not provably written by "
-                "this agent (not signed with its site key); the task is not acted on"
-            )
-            return
-        before, after = (
-            self._folder_at(task_id, change.before),
-            self._folder_at(task_id, change.after),
-        )
-        if _without_cancel(before) != _without_cancel(after):
-            self.warn(
-                f"task {task_id} was changed at {head[:12]} after this site acted on it "
-                f"({existing.state}, task commit {existing.task_commit[:12]}); the change is "
-                "ignored",
-                task=task_id,
-                decision="tampering",
-            )
-        cancel = after.get(CANCEL_FILE)
-        if cancel and cancel != before.get(CANCEL_FILE) and not existing.is_final:
-            policy = self.config.policy
-            refused = cancel_refusal(self.mirror, policy, task_id, head, existing.submitted_by)
-            if refused is None:
-                self._request_cancel(task_id, existing)
-            else:
-                self._refuse_cancel(existing, refused)
-
-    def _folder_at(self, task_id: str, entries: tuple[RawEntry, ...]) -> dict[str, str]:
-        """name -> object id of the top entries of a task folder (empty when not one folder)."""
-        if len(entries) != 1 or entries[0].mode != TREE_MODE:
-            return {}
-        try:
-            listing = read_folder(self.mirror.repo, entries[0].oid, where=task_id, max_bytes=2**20)
-        except TreeRefused:
-            return {}
-        return {e.name.decode("utf-8", "replace"): e.oid for e in listing}
 
     def _refuse_once(self, text: str) -> None:
         state = self.workdir.load_state()
@@ -405,38 +364,6 @@ class Agent:
             )
             self.runs.add(run)
 
-    def _refuse_cancel(self, existing: StatusRecord, why: str) -> None:
-        self.log.warning(
-            "task %s: its cancel.yaml is ignored: %s",
-            existing.task,
-            why,
-            extra={"task": existing.task, "decision": "cancel-refused", "reason": why},
-        )
-        self.ledger.record(
-            existing,
-            message=f"{existing.task}: cancel refused at {self.config.site}",
-            note=f"Cancel-Refused: {' '.join(why.split())[:300]}",
-        )
-
-    def _request_cancel(self, task_id: str, existing: StatusRecord) -> None:
-        queued, running = self.runs.withdraw(task_id)
-        attached = [q.attach for q in queued if q.attach is not None]
-        for ref in attached:  # re-attached after a restart, not yet waited for: stop it now
-            self.runtime.kill(ref)
-            self.runtime.remove(ref)
-        if attached:
-            self.finish_now(
-                existing, "cancelled", "cancelled while running (while the agent was down)"
-            )
-        elif queued or not running:
-            self.finish_now(existing, "cancelled", "cancelled before it started")
-        else:
-            self.log.info(
-                "task %s: cancel requested, stopping its container",
-                task_id,
-                extra={"task": task_id, "decision": "cancelling"},
-            )
-
     # ---- running -------------------------------------------------------------------------
 
     def _run(self, queued: QueuedRun) -> None:
@@ -467,7 +394,3 @@ class Agent:
 
     def _pull_progress(self, line: str) -> None:
         self.log.info("%s", line, extra={"decision": "pulling"})
-
-
-def _without_cancel(folder: dict[str, str]) -> dict[str, str]:
-    return {name: oid for name, oid in folder.items() if name != CANCEL_FILE}
