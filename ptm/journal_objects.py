@@ -126,15 +126,20 @@ def ssh_signature(key: Path, payload: bytes) -> bytes:
     return done.stdout
 
 
-def can_move_refs(repository: Path) -> bool:
-    """Whether ``move_ref`` may write this repository's refs: its refs are files (not a
-    reftable, which a newer git may make) and it keeps no reflogs."""
-    config = (repository / "config").read_text(encoding="utf-8", errors="replace").lower()
-    return (
-        not (repository / "reftable").exists()
-        and "refstorage" not in config
-        and ("logallrefupdates = true" not in config and "logallrefupdates = always" not in config)
-    )
+def can_move_refs(repo: GitRepo) -> bool:
+    """Whether ``move_ref`` may write this repository's refs, as git's configuration (every
+    level of it) says: refs are plain files (not a reftable, which a newer git may make) and
+    no reflog is kept for them."""
+    try:
+        out = repo.run(
+            "config", "--get-regexp", r"^(extensions\.refstorage|core\.logallrefupdates)$"
+        )
+    except RegistryError:
+        return True  # exit 1: neither is set, git's defaults for a bare repository
+    settings = dict(line.partition(" ")[::2] for line in out.lower().splitlines())
+    storage = settings.get("extensions.refstorage", "files")
+    logs = settings.get("core.logallrefupdates", "false")
+    return storage == "files" and logs not in ("true", "always", "yes", "on", "1")
 
 
 def move_ref(repository: Path, ref: str, new: str, old: str | None) -> None:

@@ -249,7 +249,7 @@ class Ledger:
     def _move(self, sha: str, parent: str | None, tree: str) -> None:
         try:
             if self._plain_refs is None:
-                self._plain_refs = can_move_refs(self.path)
+                self._plain_refs = can_move_refs(self.repo)
             if self._plain_refs:
                 move_ref(self.path, self.ref, sha, parent)
             else:

@@ -250,7 +250,7 @@ def test_a_ref_moves_as_git_moves_it_or_not_at_all(bare: Path) -> None:
     first = write_object(bare, "commit", commit_object(tree, [], "a <a@x.invalid>", "one"))
     second = write_object(bare, "commit", commit_object(tree, [first], "a <a@x.invalid>", "two"))
     ref = "refs/heads/results/s1"
-    assert can_move_refs(bare) and read_ref(bare, ref) is None
+    assert can_move_refs(GitRepo(bare)) and read_ref(bare, ref) is None
     move_ref(bare, ref, first, None)
     assert git(bare, "rev-parse", ref) == first
     git(bare, "pack-refs", "--all")  # now only in packed-refs
@@ -275,7 +275,10 @@ def test_a_journal_with_reflogs_has_its_branch_moved_by_git(tmp_path: Path) -> N
     ledger = Ledger(tmp_path / "ledger", url=str(registry), site="s1", ssh_key=None, sign_key=None)
     ledger.ensure()
     git(ledger.path, "config", "core.logAllRefUpdates", "true")
-    assert not can_move_refs(ledger.path)
+    assert not can_move_refs(GitRepo(ledger.path))
     ledger.record(record("t1"))
     ledger.record(record("t1", "completed"))
     assert len(git(ledger.path, "reflog", "show", ledger.ref).splitlines()) == 2
+    git(ledger.path, "config", "core.logAllRefUpdates", "false")
+    git(ledger.path, "config", "extensions.refStorage", "reftable")
+    assert not can_move_refs(GitRepo(ledger.path))  # a repository whose refs are no files
