@@ -15,6 +15,7 @@ from ptm.treecheck import TreeRefused, read_folder, read_folders
 
 MAX_RESULTS_LISTING = 16 * 1024**2  # the results/ folder's own listing (~180,000 tasks)
 MAX_TASK_LISTINGS = 64 * 1024**2  # the task folders' and site folders' listings, in all
+MAX_PATH_LINE = 4096  # a line of git log's output that could name a status file
 
 
 def status_blobs(repo: GitRepo, ref: str, site: str) -> dict[str, str]:
@@ -88,25 +89,32 @@ def adoption_unproven(repo: GitRepo, tip: str, site: str, sign_key: Path | None)
     signers = repo.path / "ptm-own-signer"
     key = " ".join(public.read_text(encoding="utf-8").split()[:2])
     signers.write_text(f'ptm-agent@{site} namespaces="git" {key}\n', encoding="utf-8")
-    out = repo.run(
-        "log",
-        "--format=%x1e%H %G?",
-        "--name-only",
-        tip,
-        "--",
-        f"{RESULTS_DIR}/",
-        config={"gpg.ssh.allowedSignersFile": str(signers)},
-    )
+    proven = _proven(repo, tip, site, set(blobs), signers)
+    return {task: blob for task, blob in blobs.items() if task not in proven}
+
+
+def _proven(repo: GitRepo, tip: str, site: str, tasks: set[str], signers: Path) -> set[str]:
+    """Of ``tasks``, those whose last status commit git finds signed by ``signers``' key. The
+    history (anyone's to push) is read as a stream, newest first, and only until every task
+    is decided; whatever cannot be read counts as not proven (never acted on)."""
     proven: set[str] = set()
     decided: set[str] = set()
-    for chunk in out.split("\x1e")[1:]:
-        header, _, names = chunk.partition("\n")
-        good = header.endswith(" G")
-        for name in names.splitlines():
-            parts = name.split("/")
+    good = False
+    command = ["log", "--format=%x1e%H %G?", "--name-only", tip, "--", f"{RESULTS_DIR}/"]
+    config = ["-c", f"gpg.ssh.allowedSignersFile={signers}"]
+    with repo.session(*config, *command) as log:
+        while decided != tasks:
+            try:
+                line = log.read_line(limit=MAX_PATH_LINE)
+            except EOFError:
+                break  # the end, or a line no status path makes
+            if line.startswith(b"\x1e"):
+                good = line.endswith(b" G")
+                continue
+            parts = line.decode("utf-8", "replace").split("/")
             is_status = len(parts) == 4 and parts[2] == site and parts[3] == STATUS_FILE
-            if is_status and parts[1] not in decided:
+            if is_status and parts[1] in tasks and parts[1] not in decided:
                 decided.add(parts[1])
                 if good:
                     proven.add(parts[1])
-    return {task: blob for task, blob in blobs.items() if task not in proven}
+    return proven

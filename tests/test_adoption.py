@@ -13,7 +13,10 @@ from ptm import adoption
 from ptm.adoption import status_blobs
 from ptm.errors import RegistryError
 from ptm.gitrepo import GitRepo
+from ptm.ledger import Ledger
+from ptm.status import StatusRecord, utc_now_text
 from tests.crafted import FILE, LINK, TREE, blob, commit, tree
+from tests.fixtures_git import git, make_signing_key
 
 REF = "refs/heads/results/s1"
 
@@ -75,3 +78,47 @@ def test_task_folders_over_their_cap_in_all_are_refused(
     monkeypatch.setattr(adoption, "MAX_TASK_LISTINGS", 1024 * 1024)
     with pytest.raises(RegistryError, match=r"results/\* \(t\d+\): brings the listings read over"):
         status_blobs(GitRepo(repo), REF, "s1")
+
+
+def test_an_adopted_record_is_proven_only_when_its_last_commit_is_signed_by_the_site(
+    tmp_path: Path,
+) -> None:
+    key = make_signing_key(tmp_path / "keys", "ptm-agent@s1")
+    registry = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(registry)], check=True)
+    first = Ledger(tmp_path / "a", url=str(registry), site="s1", ssh_key=None, sign_key=key.private)
+    first.ensure()
+    first.record(status_record("t1"))
+    first.record(status_record("t2"))
+    assert first.push()
+    # Someone else's (unsigned) commit on the registry's copy: t2 changed, t3 added.
+    clone = tmp_path / "other"
+    subprocess.run(
+        ["git", "clone", "-q", "-b", "results/s1", str(registry), str(clone)], check=True
+    )
+    for task in ("t2", "t3"):
+        path = clone / "results" / task / "s1" / "status.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("ptm: 1\nstate: completed\n")
+    git(clone, "add", "-A")
+    git(clone, "-c", "commit.gpgSign=false", "commit", "-qm", "not the agent")
+    git(clone, "push", "-q", "origin", "results/s1")
+    fresh = Ledger(tmp_path / "b", url=str(registry), site="s1", ssh_key=None, sign_key=key.private)
+    fresh.ensure()  # a lost work folder: the registry's branch is adopted
+    assert [fresh.is_proven(t) for t in ("t1", "t2", "t3")] == [True, False, False]
+    keyless = Ledger(tmp_path / "c", url=str(registry), site="s1", ssh_key=None, sign_key=None)
+    keyless.ensure()
+    assert not any(keyless.is_proven(t) for t in ("t1", "t2", "t3"))
+
+
+def status_record(task: str) -> StatusRecord:
+    return StatusRecord(
+        task=task,
+        site="s1",
+        state="accepted",
+        task_commit="a" * 40,
+        received_at=utc_now_text(),
+        agent="ptm test",
+        submitted_by=None,
+        image="ptm-test/busybox:latest",
+    )
