@@ -73,7 +73,15 @@ class Served:
         return [*command, "-P", str(self.port), *pairs, *options]
 
     def files(self) -> dict[str, int]:
-        return {path.name: path.stat().st_size for path in self.jail.iterdir()}
+        """name -> size of what the jail holds now (a file the server removes while it is
+        being listed is not there)."""
+        found = {}
+        for path in self.jail.iterdir():
+            try:
+                found[path.name] = path.stat().st_size
+            except FileNotFoundError:
+                continue
+        return found
 
 
 @pytest.fixture
