@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-GOAL_MARKERS = ("goal", "once:")
+GOAL_MARKERS = ("goal", "once:", "ptm:", "floor:", "local watch:")
 
 
 def benches(quick: bool) -> list[tuple[str, list[str]]]:
