@@ -303,7 +303,10 @@ class GitRepo:
         return [p for p in out.split("\0") if p]
 
     def remote_head(self, url: str, branch: str) -> str | None:
-        out = self.run("ls-remote", "--", url, f"refs/heads/{branch}")
+        """The branch's head on ``url``, from one ``ls-remote``. ``--heads`` makes git ask the
+        host (protocol v2) for branches only, not for every tag and every forge's pull-request
+        ref; a pattern alone does not narrow what the host sends."""
+        out = self.run("ls-remote", "--heads", "--", url, f"refs/heads/{branch}")
         for line in out.splitlines():
             sha, _, ref = line.partition("\t")
             if ref == f"refs/heads/{branch}":
