@@ -116,7 +116,7 @@ def test_http_registry_that_never_answers_fails_the_cycle_at_the_inactivity_limi
     monkeypatch.setenv("PTM_GIT_INACTIVITY_TIMEOUT", "2")
     elapsed, message = timed_failure(agent_for(tmp_path, http_url(silent)))
     assert elapsed < 10
-    assert f"git ls-remote -- {http_url(silent)}" in message
+    assert f"git ls-remote --heads -- {http_url(silent)}" in message
     assert "Operation too slow" in message and "inactivity 2 s" in message
 
 
@@ -128,7 +128,7 @@ def test_overall_limit_stops_a_git_call_and_says_which(
     elapsed, message = timed_failure(agent_for(tmp_path, http_url(silent)))
     assert elapsed < 5
     assert "git did not finish within 1 s" in message and "PTM_GIT_TIMEOUT" in message
-    assert f"git ls-remote -- {http_url(silent)}" in message
+    assert f"git ls-remote --heads -- {http_url(silent)}" in message
 
 
 def test_watch_loop_backs_off_and_tries_again_against_a_silent_registry(
