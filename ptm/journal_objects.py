@@ -17,6 +17,7 @@ them to ``git hash-object``, which streams them.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import re
@@ -30,10 +31,10 @@ from pathlib import Path
 from ptm import process
 from ptm.errors import CommandTimedOut, RegistryError
 from ptm.gitrepo import GitRepo
+from ptm.tree_entries import TREE_MODE
 from ptm.treecheck import TreeRefused, read_folder
 
-FILE_MODE = b"100644"
-TREE_MODE = b"40000"
+FILE_MODE = b"100644"  # what a record writes (no executable files)
 MAX_FOLDER_BYTES = 16 * 1024**2  # one folder's listing read back from git (~180,000 tasks)
 HEX_ID = re.compile(r"[0-9a-f]{40}")
 SIGNING_LIMIT_S = 60.0
@@ -76,14 +77,50 @@ def write_object(repository: Path, kind: str, data: bytes) -> str:
 
 def tree_object(folder: Folder) -> bytes:
     """A tree object of ``folder``, its entries in git's order (a folder sorts as ``name/``)."""
+    return Listing.of(folder).data()
 
-    def order(name: bytes) -> bytes:
-        return name + b"/" if folder[name][0] == TREE_MODE else name
 
-    return b"".join(
-        folder[name][0] + b" " + name + b"\0" + bytes.fromhex(folder[name][1])
-        for name in sorted(folder, key=order)
-    )
+class Listing:
+    """One folder's entries, kept in git's order with each entry's bytes, so that changing a
+    few entries of a big folder (``results/``, one entry per task) costs a search and a join,
+    not a sort and a serialisation of every entry."""
+
+    def __init__(self, entries: Folder, keys: list[bytes], chunks: list[bytes]) -> None:
+        self.entries, self._keys, self._chunks = entries, keys, chunks
+
+    @classmethod
+    def of(cls, folder: Folder) -> Listing:
+        names = sorted(folder, key=lambda name: _order(name, folder[name][0]))
+        keys = [_order(name, folder[name][0]) for name in names]
+        return cls(dict(folder), keys, [_entry(name, *folder[name]) for name in names])
+
+    def copy(self) -> Listing:
+        return Listing(dict(self.entries), list(self._keys), list(self._chunks))
+
+    def set(self, name: bytes, mode: bytes, oid: str) -> None:
+        self.remove(name)
+        key = _order(name, mode)
+        at = bisect.bisect_left(self._keys, key)
+        self._keys.insert(at, key)
+        self._chunks.insert(at, _entry(name, mode, oid))
+        self.entries[name] = (mode, oid)
+
+    def remove(self, name: bytes) -> None:
+        old = self.entries.pop(name, None)
+        if old is not None:
+            at = bisect.bisect_left(self._keys, _order(name, old[0]))
+            del self._keys[at], self._chunks[at]
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+def _order(name: bytes, mode: bytes) -> bytes:
+    return name + b"/" if mode == TREE_MODE else name
+
+
+def _entry(name: bytes, mode: bytes, oid: str) -> bytes:
+    return mode + b" " + name + b"\0" + bytes.fromhex(oid)
 
 
 def commit_object(tree: str, parents: list[str], identity: str, message: str) -> bytes:
@@ -203,7 +240,7 @@ class JournalTrees:
         self.repository = repository
         self.repo = repo
         self.max_folder_bytes = max_folder_bytes
-        self._folders: OrderedDict[tuple[bytes, ...], tuple[str, Folder]] = OrderedDict()
+        self._folders: OrderedDict[tuple[bytes, ...], tuple[str, Listing]] = OrderedDict()
 
     def forget(self) -> None:
         self._folders.clear()
@@ -224,31 +261,30 @@ class JournalTrees:
         oid: str | None,
         edits: Mapping[tuple[bytes, ...], tuple[bytes, str] | None],
     ) -> str:
-        folder = dict(self._folder(where, oid)) if oid is not None else {}
+        folder = self._folder(where, oid).copy() if oid is not None else Listing({}, [], [])
         below: dict[bytes, dict[tuple[bytes, ...], tuple[bytes, str] | None]] = {}
         for parts, entry in edits.items():
-            if len(parts) == 1:
-                if entry is None:
-                    folder.pop(parts[0], None)
-                else:
-                    folder[parts[0]] = entry
-            else:
+            if len(parts) > 1:
                 below.setdefault(parts[0], {})[parts[1:]] = entry
+            elif entry is None:
+                folder.remove(parts[0])
+            else:
+                folder.set(parts[0], *entry)
         for name, inner in below.items():
-            current = folder.get(name)
+            current = folder.entries.get(name)
             sub = current[1] if current is not None and current[0] == TREE_MODE else None
             if sub is None and all(entry is None for entry in inner.values()):
                 continue  # dropping something below a folder that is not there
             written = self._write((*where, name), sub, inner)
-            folder[name] = (TREE_MODE, written)
-        for name in [n for n, (mode, oid) in folder.items() if mode == TREE_MODE]:
-            if folder[name][1] == EMPTY_TREE:
-                del folder[name]  # git keeps no empty folders
-        new = write_object(self.repository, "tree", tree_object(folder))
+            if written == EMPTY_TREE:
+                folder.remove(name)  # git keeps no empty folders
+            else:
+                folder.set(name, TREE_MODE, written)
+        new = write_object(self.repository, "tree", folder.data())
         self._keep(where, new, folder)
         return new
 
-    def _folder(self, where: tuple[bytes, ...], oid: str) -> Folder:
+    def _folder(self, where: tuple[bytes, ...], oid: str) -> Listing:
         kept = self._folders.get(where)
         if kept is not None and kept[0] == oid:
             self._folders.move_to_end(where)
@@ -258,11 +294,11 @@ class JournalTrees:
             listing = read_folder(self.repo, oid, where=shown, max_bytes=self.max_folder_bytes)
         except TreeRefused as exc:
             raise RegistryError(f"the results journal {self.repository}: {exc}") from exc
-        folder = {entry.name: (entry.mode, entry.oid) for entry in listing}
+        folder = Listing.of({entry.name: (entry.mode, entry.oid) for entry in listing})
         self._keep(where, oid, folder)
         return folder
 
-    def _keep(self, where: tuple[bytes, ...], oid: str, folder: Folder) -> None:
+    def _keep(self, where: tuple[bytes, ...], oid: str, folder: Listing) -> None:
         self._folders[where] = (oid, folder)
         self._folders.move_to_end(where)
         while len(self._folders) > KEPT_FOLDERS + 2:

@@ -2,10 +2,11 @@
 
 The agent keeps the branch in a bare repository of its own and writes its objects itself
 (``ptm.journal_objects``: commits signed with ``ssh-keygen`` as git signs them; big files
-through ``hash-object``) and moves it with ``update-ref``: no working tree, so nothing the registry
-holds is ever checked out onto the site's disk, and a record exists only once ``update-ref``
-has moved the branch (a kill before that loses nothing: the task
-is simply handled again). Only this agent writes its local branch, so that branch is its journal.
+through ``hash-object``), then moves the branch as ``git update-ref`` does (``move_ref``, or
+``update-ref`` itself for a reftable or a reflog): no working tree, so nothing the registry
+holds is ever checked out onto the site's disk, and a record exists only once the branch has
+moved (a kill before that loses nothing: the task is simply handled again). Only this agent
+writes its local branch, so that branch is its journal.
 
 The copy on the registry is *not* trusted: anyone may push to it where the host does not protect
 it. The agent never fetches it into its journal. When a push is refused because the registry's

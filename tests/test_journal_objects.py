@@ -3,6 +3,7 @@ every object it writes, and the ledger's branch stays one git fully accepts."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ptm.gitrepo import GitRepo
 from ptm.journal_objects import (
     EMPTY_TREE,
     JournalTrees,
+    Listing,
     can_move_refs,
     commit_object,
     move_ref,
@@ -282,3 +284,25 @@ def test_a_journal_with_reflogs_has_its_branch_moved_by_git(tmp_path: Path) -> N
     git(ledger.path, "config", "core.logAllRefUpdates", "false")
     git(ledger.path, "config", "extensions.refStorage", "reftable")
     assert not can_move_refs(GitRepo(ledger.path))  # a repository whose refs are no files
+
+
+def test_a_listing_changed_entry_by_entry_is_the_tree_written_from_scratch(bare: Path) -> None:
+    blob = write_object(bare, "blob", b"1\n")
+    sub = write_object(bare, "tree", tree_object({b"f": (b"100644", blob)}))
+    rng = random.Random(7)
+    names = [b"a", b"a.b", b"a0", b"b", b"a-", b"az"]
+    listing = Listing({}, [], [])
+    expected: dict[bytes, tuple[bytes, str]] = {}
+    for _ in range(300):  # files become folders and back, entries come and go
+        name = rng.choice(names)
+        if rng.random() < 0.3:
+            listing.remove(name)
+            expected.pop(name, None)
+        else:
+            entry = rng.choice([(b"100644", blob), (b"40000", sub)])
+            listing.set(name, *entry)
+            expected[name] = entry
+        assert listing.data() == tree_object(expected)
+    oid = write_object(bare, "tree", listing.data())
+    assert set(git(bare, "ls-tree", "--name-only", oid).split()) == {n.decode() for n in expected}
+    fsck(bare)
