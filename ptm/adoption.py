@@ -108,6 +108,8 @@ def _proven(repo: GitRepo, tip: str, site: str, tasks: set[str], signers: Path) 
                 line = log.read_line(limit=MAX_PATH_LINE)
             except EOFError:
                 break  # the end, or a line no status path makes
+            if len(line) > MAX_PATH_LINE:
+                break  # the same, read whole (where it fit in what was read at once)
             if line.startswith(b"\x1e"):
                 good = line.endswith(b" G")
                 continue

@@ -15,7 +15,7 @@ from ptm.errors import RegistryError
 from ptm.gitrepo import GitRepo
 from ptm.ledger import Ledger
 from ptm.status import StatusRecord, utc_now_text
-from tests.crafted import FILE, LINK, TREE, blob, commit, tree
+from tests.crafted import FILE, LINK, TREE, blob, commit, read_tree_entries, tree
 from tests.fixtures_git import git, make_signing_key
 
 REF = "refs/heads/results/s1"
@@ -122,3 +122,30 @@ def status_record(task: str) -> StatusRecord:
         submitted_by=None,
         image="ptm-test/busybox:latest",
     )
+
+
+def test_an_adopted_history_git_log_cannot_name_in_a_line_is_read_no_further(
+    tmp_path: Path,
+) -> None:
+    """A crafted commit on top whose path is longer than any status path: the stream stops
+    there, and what is not decided by then counts as not proven (never acted on)."""
+    key = make_signing_key(tmp_path / "keys", "ptm-agent@s1")
+    registry = tmp_path / "registry.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(registry)], check=True)
+    first = Ledger(tmp_path / "a", url=str(registry), site="s1", ssh_key=None, sign_key=key.private)
+    first.ensure()
+    first.record(status_record("t1"))
+    assert first.push()
+    tip = git(registry, "rev-parse", REF)
+    root = git(registry, "rev-parse", f"{tip}^{{tree}}")
+    long_name = b"x" * 5000
+    site = tree(registry, [(FILE, b"status.yaml", blob(registry, b"state: done\n"))])
+    task = tree(registry, [(TREE, b"s1", site)])
+    results = tree(
+        registry, [*read_tree_entries(registry, f"{root}:results"), (TREE, long_name, task)]
+    )
+    crafted = commit(registry, tree(registry, [(TREE, b"results", results)]), [tip])
+    git(registry, "update-ref", REF, crafted)
+    fresh = Ledger(tmp_path / "b", url=str(registry), site="s1", ssh_key=None, sign_key=key.private)
+    fresh.ensure()
+    assert fresh.status_of("t1") is not None and not fresh.is_proven("t1")
