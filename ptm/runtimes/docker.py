@@ -47,7 +47,8 @@ from ptm.runtimes.base import (
 from ptm.runtimes.images import PullReporter, matching_repo_digest, split_reference
 from ptm.runtimes.sandbox import check_limits, check_mount_target, check_network, numeric_user
 
-WAIT_SLICE_S = 0.5  # the longest a cancel or the time limit waits to be seen
+FIRST_WAIT_SLICE_S = 0.5  # doubled after each slice, up to WAIT_SLICE_S
+WAIT_SLICE_S = 2.0  # the longest a cancel waits to be seen (far below a poll interval)
 MIN_WAIT_S = 0.05
 KILL_GRACE_S = 10.0
 ENDED = frozenset({"exited", "dead"})
@@ -282,9 +283,10 @@ class DockerRuntime:
         cancelled: Callable[[], bool] | None = None,
     ) -> Outcome:
         """Block on the engine's own wait (as ``docker run`` does: the end is known at once),
-        in slices of WAIT_SLICE_S so that a cancel or the time limit is seen between them; the
-        time limit counts from the container's own start. A container created but never
-        started (the agent died in between) is started now."""
+        in slices (half a second, doubling up to WAIT_SLICE_S) so that a cancel is seen
+        between them; the last slice ends at the time limit, which counts from the
+        container's own start. A container created but never started (the agent died in
+        between) is started now."""
         attrs = self._inspect(ref)
         if attrs["State"]["Status"] == "created":
             with self._errors(f"starting the container of task {ref.task_id}"):
@@ -293,13 +295,15 @@ class DockerRuntime:
         deadline = time.monotonic() + timeout_s - seconds_since(attrs["State"].get("StartedAt"))
         timed_out = was_cancelled = False
         ended = attrs["State"]["Status"] in ENDED
+        slice_s = FIRST_WAIT_SLICE_S
         while not ended:
             was_cancelled = cancelled is not None and cancelled()
             timed_out = not was_cancelled and time.monotonic() >= deadline
             if was_cancelled or timed_out:
                 attrs = self._kill_and_wait(ref)
                 break
-            ended = self._ended_within(ref, min(WAIT_SLICE_S, deadline - time.monotonic()))
+            ended = self._ended_within(ref, min(slice_s, deadline - time.monotonic()))
+            slice_s = min(WAIT_SLICE_S, 2 * slice_s)
             if ended:
                 attrs = self._inspect(ref)
         state = attrs["State"]
